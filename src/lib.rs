@@ -1,0 +1,7 @@
+//! case-export: sealed offline copies of investigation cases over gRPC.
+//!
+//! The library holds the server, the internal client other services link,
+//! and the sealed format's reader and writer.
+
+pub mod pb;
+pub mod seal;
