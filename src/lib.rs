@@ -5,3 +5,6 @@
 
 pub mod pb;
 pub mod seal;
+pub mod snapshot;
+pub mod server;
+pub mod client;

@@ -19,3 +19,10 @@ impl std::fmt::Debug for ExportKey {
             .finish()
     }
 }
+
+impl Drop for ExportKey {
+    // Wipes the key text once the message has been encoded and dropped.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.fernet_key);
+    }
+}

@@ -1,0 +1,205 @@
+//! Server configuration: a TOML file, then `CASE_EXPORT_*` variables and
+//! flags on top (applied by the CLI). Every key is listed in
+//! deploy/config.example.toml and docs/OPERATIONS.md.
+
+use crate::seal::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::snapshot::ScopeConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown key or a wrong type; the
+    /// message names the key and line.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of its allowed range.
+    #[error("invalid config value for `{key}`: {message}")]
+    Value { key: &'static str, message: String },
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// The case database (SQLite), opened read-only.
+    pub case_db: PathBuf,
+    /// The custody trail (SQLite, WAL), written by the server.
+    pub audit_db: PathBuf,
+    /// Plaintext bytes per sealed chunk.
+    pub chunk_size: usize,
+    /// Largest snapshot one export may build, in bytes.
+    pub max_snapshot_bytes: u64,
+    /// Exports allowed to run at once; more get RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
+    /// Sealing threads per export; 0 means one per core.
+    pub seal_workers: usize,
+    /// Sealed chunks buffered per export between sealer and network.
+    pub channel_depth: usize,
+    /// How long an export waits for a writer's lock on the case database.
+    pub busy_timeout_ms: u64,
+    /// Grace period for in-flight exports at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Largest accepted request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Listening on a non-loopback address without TLS must be asked for.
+    pub allow_plaintext: bool,
+    /// Case scope: root table, key column, excluded tables.
+    pub scope: ScopeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+            case_db: PathBuf::from("data/cases.db"),
+            audit_db: PathBuf::from("data/audit.db"),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_snapshot_bytes: 1 << 30,
+            max_in_flight: 8,
+            seal_workers: 0,
+            channel_depth: 8,
+            busy_timeout_ms: 5_000,
+            shutdown_grace_secs: 30,
+            max_request_bytes: 16 * 1024,
+            allow_plaintext: false,
+            scope: ScopeConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; errors name the key and line.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks ranges that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| Err(ConfigError::Value { key, message });
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
+            return v(
+                "chunk_size",
+                format!("must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"),
+            );
+        }
+        if self.max_in_flight == 0 {
+            return v("max_in_flight", "must be at least 1".into());
+        }
+        if self.channel_depth == 0 {
+            return v("channel_depth", "must be at least 1".into());
+        }
+        if self.max_snapshot_bytes < 64 * 1024 {
+            return v("max_snapshot_bytes", "must be at least 65536".into());
+        }
+        if !(256..=1 << 20).contains(&self.max_request_bytes) {
+            return v("max_request_bytes", "must be between 256 and 1048576".into());
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_plaintext {
+            return v(
+                "listen",
+                format!(
+                    "{} is not a loopback address and TLS is not configured; \
+                     set allow_plaintext = true to serve plaintext on it",
+                    self.listen
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sealing threads per export, resolving 0 to the core count.
+    pub fn seal_workers(&self) -> usize {
+        if self.seal_workers > 0 {
+            self.seal_workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The busy timeout as a duration.
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+
+    /// The shutdown grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::from_toml("listen = \"127.0.0.1:1\"\nchunk_sise = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chunk_sise"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = Config::from_toml("max_in_flight = \"many\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_in_flight"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_chunk_size_is_refused() {
+        let err = Config::from_toml("chunk_size = 10\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("chunk_size"));
+    }
+
+    #[test]
+    fn public_plaintext_needs_opt_in() {
+        let err = Config::from_toml("listen = \"0.0.0.0:50051\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("allow_plaintext"));
+        Config::from_toml(
+            "listen = \"0.0.0.0:50051\"\nallow_plaintext = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", Path::new("c.toml")).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.chunk_size, DEFAULT_CHUNK_SIZE);
+    }
+}

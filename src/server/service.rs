@@ -1,0 +1,187 @@
+//! `ExportService::export_case`: validate, snapshot, seal and stream, key
+//! last. Blocking work runs on blocking threads; async code moves messages.
+
+use super::ServerState;
+use super::error::{ExportError, validate_case_id, validate_purpose};
+use crate::pb::export_case_response::Message as Msg;
+use crate::pb::export_service_server::ExportService;
+use crate::pb::{
+    EncryptedChunk, ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey, TableRowCount,
+};
+use crate::seal::{self, ExportId, FORMAT_VERSION, KEY_WARNING, SecretKey, Sealer};
+use crate::snapshot::{SnapshotRequest, build_snapshot};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span, warn};
+
+/// The gRPC export service.
+#[derive(Clone)]
+pub struct ExportSvc {
+    pub(crate) state: Arc<ServerState>,
+}
+
+type ExportStream = ReceiverStream<Result<ExportCaseResponse, Status>>;
+
+fn msg(m: Msg) -> Result<ExportCaseResponse, Status> {
+    Ok(ExportCaseResponse { message: Some(m) })
+}
+
+/// The file name a case id gets; the id was validated to a safe charset.
+pub fn file_name_for(case_id: &str) -> String {
+    format!("case_offline_{case_id}.enc")
+}
+
+#[tonic::async_trait]
+impl ExportService for ExportSvc {
+    type ExportCaseStream = ExportStream;
+
+    async fn export_case(
+        &self,
+        request: Request<ExportCaseRequest>,
+    ) -> Result<Response<Self::ExportCaseStream>, Status> {
+        let req = request.into_inner();
+        let st = self.state.clone();
+        validate_case_id(&req.case_id)?;
+        validate_purpose(&req.purpose)?;
+        if st.draining.load(Ordering::SeqCst) {
+            return Err(ExportError::ShuttingDown.into());
+        }
+        let permit = st
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ExportError::Exhausted(st.config.max_in_flight))?;
+
+        let export_id = ExportId::random().map_err(|_| ExportError::Internal("-".into()))?;
+        let eid = export_id.to_hex();
+        let span = info_span!("export", export_id = %eid, case_id = %req.case_id);
+        info!(parent: &span, purpose = %req.purpose, "export started");
+
+        let created_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|_| ExportError::Internal(eid.clone()))?;
+        let cfg = st.config.clone();
+        let case_id = req.case_id.clone();
+        let created = created_at.clone();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            build_snapshot(&SnapshotRequest {
+                source: &cfg.case_db,
+                case_id: &case_id,
+                scope: &cfg.scope,
+                export_id,
+                created_at: &created,
+                max_bytes: cfg.max_snapshot_bytes,
+                busy_timeout: cfg.busy_timeout(),
+            })
+        })
+        .instrument(span.clone())
+        .await
+        .map_err(|_| ExportError::Internal(eid.clone()))?;
+        let mut snapshot = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                let e = ExportError::from_snapshot(e, &eid);
+                warn!(parent: &span, code = ?e.code(), error = %e, "export refused");
+                return Err(e.into());
+            }
+        };
+
+        let chunk_size = st.config.chunk_size;
+        let header = ExportHeader {
+            export_id: eid.clone(),
+            case_id: req.case_id.clone(),
+            file_name: file_name_for(&req.case_id),
+            format_version: FORMAT_VERSION,
+            chunk_size: chunk_size as u32,
+            plaintext_size: snapshot.len(),
+            chunk_count: seal::chunk_count(snapshot.len(), chunk_size),
+            row_counts: snapshot
+                .row_counts
+                .iter()
+                .map(|(t, n)| TableRowCount {
+                    table: t.clone(),
+                    rows: *n,
+                })
+                .collect(),
+            created_at,
+        };
+
+        let (tx, rx) = mpsc::channel(st.config.channel_depth);
+        let workers = st.config.seal_workers();
+        let producer_span = span.clone();
+        tokio::task::spawn_blocking(move || {
+            let _enter = producer_span.enter();
+            // Held until the producer ends, however it ends.
+            let _permit = permit;
+            if tx.blocking_send(msg(Msg::Header(header))).is_err() {
+                info!("client went away before the first chunk");
+                return;
+            }
+            let key = match SecretKey::generate() {
+                Ok(k) => k,
+                Err(_) => {
+                    let _ = tx.blocking_send(Err(ExportError::Internal(eid.clone()).into()));
+                    return;
+                }
+            };
+            let sealer = Sealer::new(&key, export_id, chunk_size, workers);
+            let state = st.clone();
+            let sealed = snapshot.with_bytes(|bytes| {
+                sealer.seal(bytes, |index, token| {
+                    if state.hard_stop.load(Ordering::SeqCst) {
+                        return Err(Stop::Shutdown);
+                    }
+                    tx.blocking_send(msg(Msg::Chunk(EncryptedChunk { index, token })))
+                        .map_err(|_| Stop::ClientGone)
+                })
+            });
+            let summary = match sealed {
+                Ok(Ok(s)) => s,
+                Ok(Err(Stop::ClientGone)) => {
+                    info!("client went away mid-stream; export cancelled");
+                    return;
+                }
+                Ok(Err(Stop::Shutdown)) => {
+                    warn!("export ended by shutdown");
+                    let _ = tx.blocking_send(Err(ExportError::ShuttingDown.into()));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "serializing the snapshot failed");
+                    let _ = tx.blocking_send(Err(ExportError::Internal(eid.clone()).into()));
+                    return;
+                }
+            };
+            // Free the plaintext before the key goes out.
+            drop(snapshot);
+            let fernet_key = key.expose_fernet_key();
+            let key_msg = ExportKey {
+                fernet_key: fernet_key.to_string(),
+                ciphertext_sha256: hex::encode(summary.sha256),
+                chunk_count: summary.chunks,
+                ciphertext_size: summary.ciphertext_size,
+                warning: KEY_WARNING.to_string(),
+            };
+            if tx.blocking_send(msg(Msg::Key(key_msg))).is_err() {
+                info!("client went away before the key; export cancelled");
+                return;
+            }
+            info!(
+                chunks = summary.chunks,
+                plaintext_bytes = summary.plaintext_size,
+                ciphertext_sha256 = %hex::encode(summary.sha256),
+                "export completed"
+            );
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Why the sealing loop stopped early.
+enum Stop {
+    ClientGone,
+    Shutdown,
+}

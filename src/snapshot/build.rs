@@ -1,0 +1,269 @@
+//! Builds one case's snapshot: the source attached read-only into a private
+//! in-memory (memdb) database, copied in one read transaction.
+
+use super::scope::ScopeGraph;
+use super::{MANIFEST_TABLE, ScopeConfig, SnapshotError, ident};
+use crate::seal::{ExportId, FORMAT_VERSION};
+use rusqlite::{Connection, FileControl, OpenFlags, ffi};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything that decides one snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest<'a> {
+    /// The case database (opened read-only).
+    pub source: &'a Path,
+    /// Value of the root key column.
+    pub case_id: &'a str,
+    /// Root table, key column and exclusions.
+    pub scope: &'a ScopeConfig,
+    /// Recorded in the manifest.
+    pub export_id: ExportId,
+    /// RFC 3339 UTC, recorded in the manifest.
+    pub created_at: &'a str,
+    /// Ceiling on the snapshot's size in bytes.
+    pub max_bytes: u64,
+    /// How long to wait for a writer's lock on the source.
+    pub busy_timeout: Duration,
+}
+
+/// A finished snapshot held in memory; its bytes are zeroed on drop.
+pub struct Snapshot {
+    conn: Connection,
+    size: u64,
+    /// Rows per exported table, sorted by table name.
+    pub row_counts: Vec<(String, u64)>,
+    /// SHA-256 (hex) of the source schema; see docs/SNAPSHOT.md.
+    pub source_schema_sha256: String,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("size", &self.size)
+            .field("row_counts", &self.row_counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Size of the serialized SQLite file in bytes.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// True for a zero-byte snapshot (never produced by `build_snapshot`).
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Lends the serialized database without copying it.
+    pub fn with_bytes<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, SnapshotError> {
+        let data = self
+            .conn
+            .serialize(rusqlite::MAIN_DB)
+            .map_err(SnapshotError::Internal)?;
+        Ok(f(&data))
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // SAFETY: NOCOPY returns memdb's own buffer of `sz` bytes, which stays
+        // valid until the connection closes; nothing else uses it meanwhile.
+        unsafe {
+            let mut sz: ffi::sqlite3_int64 = 0;
+            let p = ffi::sqlite3_serialize(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                &raw mut sz,
+                ffi::SQLITE_SERIALIZE_NOCOPY,
+            );
+            if !p.is_null() && sz > 0 {
+                std::ptr::write_bytes(p, 0, sz as usize);
+            }
+        }
+    }
+}
+
+/// `file:` URI opening `path` read-only; bytes outside the unreserved set are
+/// percent-encoded so no path can smuggle in URI parameters.
+fn read_only_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro");
+    uri
+}
+
+fn schema_fingerprint(conn: &Connection) -> rusqlite::Result<String> {
+    let mut st = conn.prepare(
+        "SELECT type, name, coalesce(sql, '') FROM src.sqlite_schema \
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name",
+    )?;
+    let mut h = Sha256::new();
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        for i in 0..3 {
+            let v: String = r.get(i)?;
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v.as_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Takes the snapshot of one case. Blocking: run it off the async workers.
+pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
+    let busy = req.busy_timeout;
+    let src_err = |e| SnapshotError::from_source(e, busy);
+    let internal = SnapshotError::Internal;
+    match std::fs::metadata(req.source) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(SnapshotError::Unavailable("not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Unavailable("database file not found"));
+        }
+        Err(_) => return Err(SnapshotError::Unavailable("cannot open the database file")),
+    }
+
+    // A memdb name without a leading '/' is private to this connection.
+    let conn = Connection::open_with_flags(
+        "file:case-snapshot?vfs=memdb",
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(internal)?;
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY; PRAGMA main.journal_mode = OFF; \
+         PRAGMA main.synchronous = OFF; PRAGMA foreign_keys = OFF;",
+    )
+    .map_err(internal)?;
+    let mut limit = i64::try_from(req.max_bytes).unwrap_or(i64::MAX);
+    conn.file_control(Some(rusqlite::MAIN_DB), FileControl::SizeLimit(&mut limit))
+        .map_err(internal)?;
+    conn.busy_timeout(busy).map_err(internal)?;
+    conn.execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
+        .map_err(src_err)?;
+
+    let too_large = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => SnapshotError::TooLarge {
+            limit: req.max_bytes,
+        },
+        _ => src_err(e),
+    };
+
+    // One read transaction: every row comes from the same committed state.
+    conn.execute_batch("BEGIN").map_err(internal)?;
+    let fingerprint = schema_fingerprint(&conn).map_err(src_err)?;
+    let graph = ScopeGraph::discover(&conn, req.scope)?;
+    let mut tables_sql = Vec::new();
+    let mut index_sql = Vec::new();
+    {
+        let mut st = conn
+            .prepare("SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL")
+            .map_err(src_err)?;
+        for t in &graph.tables {
+            let rows = st
+                .query_map([&t.name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(src_err)?;
+            for row in rows {
+                let (ty, sql) = row.map_err(src_err)?;
+                match ty.as_str() {
+                    "table" => tables_sql.push(sql),
+                    "index" => index_sql.push(sql),
+                    // Triggers and views could reach beyond the case.
+                    _ => {}
+                }
+            }
+        }
+    }
+    for sql in &tables_sql {
+        conn.execute_batch(sql).map_err(too_large)?;
+    }
+    if !graph
+        .copy_root(&conn, &req.scope.root_key, req.case_id)
+        .map_err(too_large)?
+    {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(SnapshotError::NotFound);
+    }
+    graph.copy_closure(&conn).map_err(too_large)?;
+    conn.execute_batch("COMMIT").map_err(too_large)?;
+    conn.execute_batch("DETACH DATABASE src").map_err(internal)?;
+
+    for sql in &index_sql {
+        conn.execute_batch(sql).map_err(too_large)?;
+    }
+    let mut row_counts = Vec::new();
+    for t in &graph.tables {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM main.{}", ident(&t.name)), [], |r| {
+                r.get(0)
+            })
+            .map_err(internal)?;
+        row_counts.push((t.name.clone(), n as u64));
+    }
+    row_counts.sort();
+    write_manifest(&conn, req, &fingerprint, &row_counts).map_err(too_large)?;
+
+    let size: i64 = conn
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    Ok(Snapshot {
+        conn,
+        size: size as u64,
+        row_counts,
+        source_schema_sha256: fingerprint,
+    })
+}
+
+fn write_manifest(
+    conn: &Connection,
+    req: &SnapshotRequest<'_>,
+    fingerprint: &str,
+    row_counts: &[(String, u64)],
+) -> rusqlite::Result<()> {
+    let counts: serde_json::Map<String, serde_json::Value> = row_counts
+        .iter()
+        .map(|(t, n)| (t.clone(), (*n).into()))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE {MANIFEST_TABLE} (
+            format_version INTEGER NOT NULL,
+            export_id TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            root_table TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            source_schema_sha256 TEXT NOT NULL,
+            tool_version TEXT NOT NULL,
+            row_counts TEXT NOT NULL
+        )"
+    ))?;
+    conn.execute(
+        &format!("INSERT INTO {MANIFEST_TABLE} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        rusqlite::params![
+            FORMAT_VERSION,
+            req.export_id.to_hex(),
+            req.case_id,
+            req.scope.root_table,
+            req.created_at,
+            fingerprint,
+            env!("CARGO_PKG_VERSION"),
+            serde_json::Value::Object(counts).to_string(),
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Case scope discovery and the in-memory SQLite snapshot of one case
+//! (docs/SNAPSHOT.md). Nothing here touches keys; nothing here writes to disk.
+
+mod build;
+mod scope;
+mod view;
+
+pub use build::{Snapshot, SnapshotRequest, build_snapshot};
+pub use scope::ScopeConfig;
+pub use view::{Manifest, SnapshotView, ViewError};
+
+use std::time::Duration;
+
+/// Name of the manifest table every snapshot carries.
+pub const MANIFEST_TABLE: &str = "_export_manifest";
+
+/// What can go wrong while taking a snapshot. Messages are safe to show a
+/// caller: no paths, no SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// No root row with that key.
+    #[error("case not found")]
+    NotFound,
+    /// The case database cannot be opened or read.
+    #[error("case database unavailable: {0}")]
+    Unavailable(&'static str),
+    /// A writer held the database for longer than the busy timeout.
+    #[error("case database is locked by a writer (waited {0:?}); retry later")]
+    Busy(Duration),
+    /// The snapshot would exceed the configured ceiling.
+    #[error("the case is larger than this server's snapshot ceiling of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The source schema does not fit the configured scope.
+    #[error("case database schema does not match the configuration: {0}")]
+    Schema(String),
+    /// Anything else SQLite reported; details stay in the logs.
+    #[error("internal error while building the snapshot")]
+    Internal(#[source] rusqlite::Error),
+}
+
+impl SnapshotError {
+    /// Maps an SQLite error met while reading the source.
+    pub(crate) fn from_source(e: rusqlite::Error, busy: Duration) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => Self::Busy(busy),
+            Some(C::NotADatabase) => Self::Unavailable("not a SQLite database"),
+            Some(C::DatabaseCorrupt) => Self::Unavailable("database file is corrupt"),
+            Some(C::CannotOpen) => Self::Unavailable("cannot open the database file"),
+            Some(C::PermissionDenied | C::ReadOnly) => Self::Unavailable("permission denied"),
+            Some(C::SystemIoFailure) => Self::Unavailable("I/O error reading the database"),
+            _ => Self::Internal(e),
+        }
+    }
+}
+
+/// Quotes an SQL identifier taken from the source schema.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,342 @@
+//! Which rows belong to a case: the root row plus every row that reaches it
+//! through declared foreign keys, followed transitively (docs/SNAPSHOT.md).
+
+use super::{SnapshotError, ident};
+use rusqlite::Connection;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Where a case starts and what never leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    /// The table whose one row is the case.
+    pub root_table: String,
+    /// The key column of the root table that a case id names.
+    pub root_key: String,
+    /// Tables never exported, whatever points at them.
+    pub exclude_tables: Vec<String>,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        Self {
+            root_table: "cases".into(),
+            root_key: "id".into(),
+            exclude_tables: vec!["users".into()],
+        }
+    }
+}
+
+/// One declared foreign key of a child table.
+#[derive(Debug, Clone)]
+pub(crate) struct ForeignKey {
+    pub parent: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+}
+
+/// A table of the scope graph and how to copy it.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeTable {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// Key used to skip rows already copied: `rowid`, or the primary key of
+    /// a WITHOUT ROWID table.
+    pub identity: Vec<String>,
+    /// Foreign keys to tables of the graph (the rest are left as values).
+    pub fks: Vec<ForeignKey>,
+}
+
+/// The tables a case can reach, in breadth-first order from the root.
+#[derive(Debug)]
+pub(crate) struct ScopeGraph {
+    pub tables: Vec<ScopeTable>,
+}
+
+fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut st = conn.prepare("SELECT name, pk FROM src.pragma_table_info(?1) ORDER BY cid")?;
+    let rows = st.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The INTEGER PRIMARY KEY column that aliases the rowid, if any.
+fn rowid_alias(conn: &Connection, table: &str) -> rusqlite::Result<Option<String>> {
+    let mut st = conn.prepare("SELECT name, upper(type) FROM src.pragma_table_info(?1) WHERE pk > 0")?;
+    let pk: Vec<(String, String)> = st
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(match pk.as_slice() {
+        [(name, ty)] if ty == "INTEGER" => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn has_rowid(conn: &Connection, table: &str) -> bool {
+    conn.prepare(&format!("SELECT rowid FROM src.{} LIMIT 0", ident(table)))
+        .is_ok()
+}
+
+fn primary_key(cols: &[(String, i64)]) -> Vec<String> {
+    let mut pk: Vec<_> = cols.iter().filter(|(_, p)| *p > 0).collect();
+    pk.sort_by_key(|(_, p)| *p);
+    pk.into_iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn foreign_keys(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ForeignKey>> {
+    let mut st = conn.prepare(
+        "SELECT id, \"table\", \"from\", \"to\" FROM src.pragma_foreign_key_list(?1) ORDER BY id, seq",
+    )?;
+    let mut by_id: BTreeMap<i64, ForeignKey> = BTreeMap::new();
+    let rows = st.query_map([table], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, parent, from, to) = row?;
+        let fk = by_id.entry(id).or_insert_with(|| ForeignKey {
+            parent,
+            from: vec![],
+            to: vec![],
+        });
+        fk.from.push(from);
+        fk.to.extend(to);
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// Lists the user tables of the source schema.
+pub(crate) fn source_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT name FROM src.sqlite_schema WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    )?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+impl ScopeGraph {
+    /// Discovers the graph from the attached source's declared foreign keys.
+    pub fn discover(conn: &Connection, cfg: &ScopeConfig) -> Result<Self, SnapshotError> {
+        let internal = SnapshotError::Internal;
+        let names = source_tables(conn).map_err(internal)?;
+        let find = |n: &str| names.iter().find(|t| t.eq_ignore_ascii_case(n)).cloned();
+        let excluded: BTreeSet<String> = cfg
+            .exclude_tables
+            .iter()
+            .filter_map(|t| find(t))
+            .collect();
+        let root = find(&cfg.root_table).ok_or_else(|| {
+            SnapshotError::Schema(format!("root table {:?} does not exist", cfg.root_table))
+        })?;
+        if excluded.contains(&root) {
+            return Err(SnapshotError::Schema("the root table is excluded".into()));
+        }
+        let root_cols = table_columns(conn, &root).map_err(internal)?;
+        if !root_cols.iter().any(|(c, _)| c.eq_ignore_ascii_case(&cfg.root_key)) {
+            return Err(SnapshotError::Schema(format!(
+                "root key column {:?} does not exist",
+                cfg.root_key
+            )));
+        }
+
+        // Every candidate table's foreign keys, with implicit targets resolved.
+        let mut all: BTreeMap<String, (Vec<(String, i64)>, Vec<ForeignKey>)> = BTreeMap::new();
+        for t in names.iter().filter(|t| !excluded.contains(*t)) {
+            let cols = table_columns(conn, t).map_err(internal)?;
+            let mut fks = foreign_keys(conn, t).map_err(internal)?;
+            for fk in &mut fks {
+                if let Some(p) = find(&fk.parent) {
+                    fk.parent = p;
+                }
+            }
+            all.insert(t.clone(), (cols, fks));
+        }
+        for (_, fks) in all.values_mut() {
+            fks.retain(|fk| !excluded.contains(&fk.parent));
+        }
+        let pks: BTreeMap<String, Vec<String>> = all
+            .iter()
+            .map(|(t, (cols, _))| (t.clone(), primary_key(cols)))
+            .collect();
+        for (_, fks) in all.values_mut() {
+            for fk in fks.iter_mut() {
+                if fk.to.is_empty() {
+                    fk.to = pks.get(&fk.parent).cloned().unwrap_or_default();
+                }
+            }
+            // A key whose target we cannot name cannot be followed.
+            fks.retain(|fk| fk.to.len() == fk.from.len());
+        }
+
+        // Breadth-first from the root over "child references parent" edges.
+        let mut order = vec![root.clone()];
+        let mut seen: BTreeSet<String> = BTreeSet::from([root.clone()]);
+        let mut queue = VecDeque::from([root]);
+        while let Some(parent) = queue.pop_front() {
+            for (t, (_, fks)) in &all {
+                if !seen.contains(t) && fks.iter().any(|fk| fk.parent == parent) {
+                    seen.insert(t.clone());
+                    order.push(t.clone());
+                    queue.push_back(t.clone());
+                }
+            }
+        }
+
+        let tables = order
+            .into_iter()
+            .map(|name| -> Result<ScopeTable, SnapshotError> {
+                let (cols, fks) = all.remove(&name).unwrap_or_default();
+                let identity = if !has_rowid(conn, &name) {
+                    primary_key(&cols)
+                } else if let Some(alias) = rowid_alias(conn, &name).map_err(internal)? {
+                    vec![alias]
+                } else {
+                    vec!["rowid".to_string()]
+                };
+                Ok(ScopeTable {
+                    fks: fks.into_iter().filter(|fk| seen.contains(&fk.parent)).collect(),
+                    columns: cols.into_iter().map(|(c, _)| c).collect(),
+                    identity,
+                    name,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { tables })
+    }
+
+    pub fn root(&self) -> &ScopeTable {
+        &self.tables[0]
+    }
+
+    /// Copies the root row; `Ok(false)` when there is none.
+    pub fn copy_root(&self, conn: &Connection, key_col: &str, key: &str) -> rusqlite::Result<bool> {
+        let t = self.root();
+        let (cols, sel) = copy_lists(t);
+        let sql = format!(
+            "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM src.{tn} AS s WHERE s.{k} = ?1",
+            tn = ident(&t.name),
+            k = ident(key_col),
+        );
+        let n = conn.execute(&sql, [key])?;
+        if n > 1 {
+            // Not unique: the configured key does not identify one case.
+            return Err(rusqlite::Error::QueryReturnedMoreThanOneRow);
+        }
+        Ok(n == 1)
+    }
+
+    /// Runs the fixed point: copies every row all of whose in-graph foreign
+    /// keys point at copied rows (and at least one does), until nothing
+    /// changes. Re-runs only the edges whose parents gained rows.
+    pub fn copy_closure(&self, conn: &Connection) -> rusqlite::Result<()> {
+        // (table index, fk index) for every edge, in breadth-first order.
+        let edges: Vec<(usize, usize)> = self
+            .tables
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| (0..t.fks.len()).map(move |fi| (ti, fi)))
+            .collect();
+        let sqls: Vec<String> = edges.iter().map(|&(ti, fi)| self.edge_sql(ti, fi)).collect();
+        let pos = |name: &str| self.tables.iter().position(|t| t.name == name);
+        // Tick of the last change to each table; the root changed at 0.
+        let mut changed: Vec<Option<u64>> = vec![None; self.tables.len()];
+        changed[0] = Some(0);
+        let mut evaluated: Vec<Option<u64>> = vec![None; edges.len()];
+        let mut tick = 0u64;
+        loop {
+            let mut ran = false;
+            for (ei, &(ti, _)) in edges.iter().enumerate() {
+                let deps = self.tables[ti].fks.iter().filter_map(|fk| pos(&fk.parent));
+                let dirty = deps
+                    .filter_map(|d| changed[d])
+                    .any(|c| evaluated[ei].is_none_or(|e| c >= e));
+                if !dirty {
+                    continue;
+                }
+                tick += 1;
+                evaluated[ei] = Some(tick);
+                ran = true;
+                if conn.execute(&sqls[ei], [])? > 0 {
+                    changed[ti] = Some(tick);
+                }
+            }
+            if !ran {
+                return Ok(());
+            }
+        }
+    }
+
+    fn edge_sql(&self, ti: usize, fi: usize) -> String {
+        let t = &self.tables[ti];
+        let fk = &t.fks[fi];
+        let (cols, sel) = copy_lists(t);
+        let on: Vec<String> = fk
+            .from
+            .iter()
+            .zip(&fk.to)
+            .map(|(f, p)| format!("s.{} = p.{}", ident(f), ident(p)))
+            .collect();
+        let mut conds = Vec::new();
+        for (oi, other) in t.fks.iter().enumerate() {
+            if oi == fi {
+                continue;
+            }
+            let nulls: Vec<String> = other
+                .from
+                .iter()
+                .map(|f| format!("s.{} IS NULL", ident(f)))
+                .collect();
+            let matches: Vec<String> = other
+                .from
+                .iter()
+                .zip(&other.to)
+                .map(|(f, p)| format!("q.{} = s.{}", ident(p), ident(f)))
+                .collect();
+            conds.push(format!(
+                "({} OR EXISTS (SELECT 1 FROM main.{} AS q WHERE {}))",
+                nulls.join(" OR "),
+                ident(&other.parent),
+                matches.join(" AND ")
+            ));
+        }
+        let ids: Vec<String> = t
+            .identity
+            .iter()
+            .map(|c| format!("m.{c} = s.{c}", c = ident(c)))
+            .collect();
+        conds.push(format!(
+            "NOT EXISTS (SELECT 1 FROM main.{} AS m WHERE {})",
+            ident(&t.name),
+            ids.join(" AND ")
+        ));
+        // CROSS JOIN keeps the (small) copied parents as the outer loop, so
+        // the source is probed through its index on the foreign key.
+        format!(
+            "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM main.{pn} AS p \
+             CROSS JOIN src.{tn} AS s ON {on} WHERE {conds}",
+            tn = ident(&t.name),
+            pn = ident(&fk.parent),
+            on = on.join(" AND "),
+            conds = conds.join(" AND "),
+        )
+    }
+}
+
+/// Column lists for INSERT and SELECT; rowid tables keep their rowids so
+/// copied rows can be recognised.
+fn copy_lists(t: &ScopeTable) -> (String, String) {
+    let mut cols: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
+    if t.identity == ["rowid"] {
+        cols.insert(0, "rowid".into());
+    }
+    let sel: Vec<String> = cols
+        .iter()
+        .map(|c| format!("s.{c}"))
+        .collect();
+    (cols.join(", "), sel.join(", "))
+}
