@@ -53,7 +53,10 @@ pub enum ClientError {
 impl ClientError {
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Busy(_) | Self::Unavailable(_) | Self::Connect { .. })
+        matches!(
+            self,
+            Self::Busy(_) | Self::Unavailable(_) | Self::Connect { .. }
+        )
     }
 }
 
@@ -121,7 +124,8 @@ impl ExportClient {
             endpoint: endpoint.to_string(),
             message,
         };
-        let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| conn_err(e.to_string()))?;
+        let ep =
+            Endpoint::from_shared(endpoint.to_string()).map_err(|e| conn_err(e.to_string()))?;
         let channel = ep.connect().await.map_err(|e| {
             let mut msg = e.to_string();
             if let Some(src) = std::error::Error::source(&e) {
@@ -246,11 +250,11 @@ impl ExportClient {
             .permissions(private_mode())
             .tempfile_in(dir)?;
         let (std_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::File::from_std(std_file),
-        );
-        let result = self.export_case(case_id, purpose, &mut file, progress).await;
+        let mut file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
+        let result = self
+            .export_case(case_id, purpose, &mut file, progress)
+            .await;
         let mut receipt = result?;
         file.flush().await?;
         let file = file.into_inner();
@@ -278,7 +282,9 @@ fn private_mode() -> std::fs::Permissions {
     }
     #[cfg(not(unix))]
     {
-        std::fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+        std::fs::metadata(".")
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| unreachable!())
     }
 }
 

@@ -3,8 +3,9 @@
 //! The library holds the server, the internal client other services link,
 //! and the sealed format's reader and writer.
 
+pub mod client;
 pub mod pb;
 pub mod seal;
-pub mod snapshot;
+pub mod seed;
 pub mod server;
-pub mod client;
+pub mod snapshot;

@@ -6,7 +6,8 @@
 tonic::include_proto!("case_export.v1");
 
 /// Serialized descriptors of the contract, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("case_export_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("case_export_descriptor");
 
 impl std::fmt::Debug for ExportKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

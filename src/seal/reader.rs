@@ -64,7 +64,10 @@ pub struct Opened {
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opened")
-            .field("plaintext", &format_args!("[{} bytes]", self.plaintext.len()))
+            .field(
+                "plaintext",
+                &format_args!("[{} bytes]", self.plaintext.len()),
+            )
             .field("export_id", &self.export_id)
             .field("chunks", &self.chunks)
             .finish()

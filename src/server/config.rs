@@ -122,7 +122,10 @@ impl Config {
             return v("max_snapshot_bytes", "must be at least 65536".into());
         }
         if !(256..=1 << 20).contains(&self.max_request_bytes) {
-            return v("max_request_bytes", "must be between 256 and 1048576".into());
+            return v(
+                "max_request_bytes",
+                "must be between 256 and 1048576".into(),
+            );
         }
         if !self.listen.ip().is_loopback() && !self.allow_plaintext {
             return v(
@@ -163,9 +166,12 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = Config::from_toml("listen = \"127.0.0.1:1\"\nchunk_sise = 5\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(
+            "listen = \"127.0.0.1:1\"\nchunk_sise = 5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("chunk_sise"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
@@ -187,7 +193,8 @@ mod tests {
 
     #[test]
     fn public_plaintext_needs_opt_in() {
-        let err = Config::from_toml("listen = \"0.0.0.0:50051\"\n", Path::new("c.toml")).unwrap_err();
+        let err =
+            Config::from_toml("listen = \"0.0.0.0:50051\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("allow_plaintext"));
         Config::from_toml(
             "listen = \"0.0.0.0:50051\"\nallow_plaintext = true\n",

@@ -101,7 +101,10 @@ pub async fn serve_on(
     // Drain on the signal; after the grace period end what is still running.
     let signal = async move {
         shutdown.await;
-        info!(grace_secs = grace.as_secs(), "shutting down: draining exports");
+        info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: draining exports"
+        );
         st.draining.store(true, Ordering::SeqCst);
         reporter
             .set_not_serving::<ExportServiceServer<ExportSvc>>()

@@ -8,7 +8,7 @@ use crate::pb::export_service_server::ExportService;
 use crate::pb::{
     EncryptedChunk, ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey, TableRowCount,
 };
-use crate::seal::{self, ExportId, FORMAT_VERSION, KEY_WARNING, SecretKey, Sealer};
+use crate::seal::{self, ExportId, FORMAT_VERSION, KEY_WARNING, Sealer, SecretKey};
 use crate::snapshot::{SnapshotRequest, build_snapshot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

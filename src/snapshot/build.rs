@@ -99,7 +99,28 @@ fn read_only_uri(path: &Path) -> String {
         }
     }
     uri.push_str("?mode=ro");
+    // The snapshot connection runs on memdb; the source needs the default
+    // file VFS named explicitly or it would open as an empty memdb.
+    if let Some(vfs) = default_vfs() {
+        uri.push_str("&vfs=");
+        uri.push_str(&vfs);
+    }
     uri
+}
+
+fn default_vfs() -> Option<String> {
+    // SAFETY: sqlite3_vfs_find(NULL) returns the registered default VFS,
+    // which lives for the whole process; its name is a NUL-terminated string.
+    unsafe {
+        let vfs = ffi::sqlite3_vfs_find(std::ptr::null());
+        if vfs.is_null() || (*vfs).zName.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr((*vfs).zName)
+            .to_str()
+            .ok()
+            .map(str::to_owned)
+    }
 }
 
 fn schema_fingerprint(conn: &Connection) -> rusqlite::Result<String> {
@@ -169,11 +190,15 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     let mut index_sql = Vec::new();
     {
         let mut st = conn
-            .prepare("SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL")
+            .prepare(
+                "SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL",
+            )
             .map_err(src_err)?;
         for t in &graph.tables {
             let rows = st
-                .query_map([&t.name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_map([&t.name], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(src_err)?;
             for row in rows {
                 let (ty, sql) = row.map_err(src_err)?;
@@ -198,7 +223,8 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     }
     graph.copy_closure(&conn).map_err(too_large)?;
     conn.execute_batch("COMMIT").map_err(too_large)?;
-    conn.execute_batch("DETACH DATABASE src").map_err(internal)?;
+    conn.execute_batch("DETACH DATABASE src")
+        .map_err(internal)?;
 
     for sql in &index_sql {
         conn.execute_batch(sql).map_err(too_large)?;
@@ -206,9 +232,11 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     let mut row_counts = Vec::new();
     for t in &graph.tables {
         let n: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM main.{}", ident(&t.name)), [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                &format!("SELECT count(*) FROM main.{}", ident(&t.name)),
+                [],
+                |r| r.get(0),
+            )
             .map_err(internal)?;
         row_counts.push((t.name.clone(), n as u64));
     }

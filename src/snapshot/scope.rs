@@ -62,7 +62,8 @@ fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String
 
 /// The INTEGER PRIMARY KEY column that aliases the rowid, if any.
 fn rowid_alias(conn: &Connection, table: &str) -> rusqlite::Result<Option<String>> {
-    let mut st = conn.prepare("SELECT name, upper(type) FROM src.pragma_table_info(?1) WHERE pk > 0")?;
+    let mut st =
+        conn.prepare("SELECT name, upper(type) FROM src.pragma_table_info(?1) WHERE pk > 0")?;
     let pk: Vec<(String, String)> = st
         .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -109,6 +110,9 @@ fn foreign_keys(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ForeignK
     Ok(by_id.into_values().collect())
 }
 
+/// Columns (name, primary-key position) and foreign keys of one table.
+type TableInfo = (Vec<(String, i64)>, Vec<ForeignKey>);
+
 /// Lists the user tables of the source schema.
 pub(crate) fn source_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut st = conn.prepare(
@@ -125,11 +129,8 @@ impl ScopeGraph {
         let internal = SnapshotError::Internal;
         let names = source_tables(conn).map_err(internal)?;
         let find = |n: &str| names.iter().find(|t| t.eq_ignore_ascii_case(n)).cloned();
-        let excluded: BTreeSet<String> = cfg
-            .exclude_tables
-            .iter()
-            .filter_map(|t| find(t))
-            .collect();
+        let excluded: BTreeSet<String> =
+            cfg.exclude_tables.iter().filter_map(|t| find(t)).collect();
         let root = find(&cfg.root_table).ok_or_else(|| {
             SnapshotError::Schema(format!("root table {:?} does not exist", cfg.root_table))
         })?;
@@ -137,7 +138,10 @@ impl ScopeGraph {
             return Err(SnapshotError::Schema("the root table is excluded".into()));
         }
         let root_cols = table_columns(conn, &root).map_err(internal)?;
-        if !root_cols.iter().any(|(c, _)| c.eq_ignore_ascii_case(&cfg.root_key)) {
+        if !root_cols
+            .iter()
+            .any(|(c, _)| c.eq_ignore_ascii_case(&cfg.root_key))
+        {
             return Err(SnapshotError::Schema(format!(
                 "root key column {:?} does not exist",
                 cfg.root_key
@@ -145,7 +149,7 @@ impl ScopeGraph {
         }
 
         // Every candidate table's foreign keys, with implicit targets resolved.
-        let mut all: BTreeMap<String, (Vec<(String, i64)>, Vec<ForeignKey>)> = BTreeMap::new();
+        let mut all: BTreeMap<String, TableInfo> = BTreeMap::new();
         for t in names.iter().filter(|t| !excluded.contains(*t)) {
             let cols = table_columns(conn, t).map_err(internal)?;
             let mut fks = foreign_keys(conn, t).map_err(internal)?;
@@ -199,7 +203,10 @@ impl ScopeGraph {
                     vec!["rowid".to_string()]
                 };
                 Ok(ScopeTable {
-                    fks: fks.into_iter().filter(|fk| seen.contains(&fk.parent)).collect(),
+                    fks: fks
+                        .into_iter()
+                        .filter(|fk| seen.contains(&fk.parent))
+                        .collect(),
                     columns: cols.into_iter().map(|(c, _)| c).collect(),
                     identity,
                     name,
@@ -241,7 +248,10 @@ impl ScopeGraph {
             .enumerate()
             .flat_map(|(ti, t)| (0..t.fks.len()).map(move |fi| (ti, fi)))
             .collect();
-        let sqls: Vec<String> = edges.iter().map(|&(ti, fi)| self.edge_sql(ti, fi)).collect();
+        let sqls: Vec<String> = edges
+            .iter()
+            .map(|&(ti, fi)| self.edge_sql(ti, fi))
+            .collect();
         let pos = |name: &str| self.tables.iter().position(|t| t.name == name);
         // Tick of the last change to each table; the root changed at 0.
         let mut changed: Vec<Option<u64>> = vec![None; self.tables.len()];
@@ -334,9 +344,6 @@ fn copy_lists(t: &ScopeTable) -> (String, String) {
     if t.identity == ["rowid"] {
         cols.insert(0, "rowid".into());
     }
-    let sel: Vec<String> = cols
-        .iter()
-        .map(|c| format!("s.{c}"))
-        .collect();
+    let sel: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
     (cols.join(", "), sel.join(", "))
 }

@@ -1,0 +1,120 @@
+//! Command-line interface: one file per subcommand.
+
+mod demo;
+mod export;
+mod keyinput;
+mod open;
+mod seed;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::fmt;
+
+/// Sealed offline copies of investigation cases.
+#[derive(Debug, Parser)]
+#[command(name = "case-export", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC export server.
+    Serve(serve::ServeArgs),
+    /// Seed a demo case database if needed and run the server on loopback.
+    Demo(demo::DemoArgs),
+    /// Export a case from a server into an `.enc` file.
+    Export(export::ExportArgs),
+    /// Decrypt and verify an `.enc` file into a SQLite database file.
+    Open(open::OpenArgs),
+    /// Decrypt and verify an `.enc` file in memory and show what it holds.
+    View(open::ViewArgs),
+    /// Create a database of synthetic demo cases.
+    SeedDemo(seed::SeedArgs),
+}
+
+/// An error for the user: one line, already saying what to do.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    broken_pipe: bool,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            broken_pipe: false,
+        }
+    }
+
+    pub fn is_broken_pipe(&self) -> bool {
+        self.broken_pipe
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        Self {
+            broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve(a) => serve::run(a, cli.log_format),
+        Command::Demo(a) => demo::run(a, cli.log_format),
+        Command::Export(a) => export::run(a),
+        Command::Open(a) => open::run_open(a),
+        Command::View(a) => open::run_view(a),
+        Command::SeedDemo(a) => seed::run(a),
+    }
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+/// A multi-threaded runtime for the async subcommands.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))
+}

@@ -1,0 +1,143 @@
+//! `serve`: the config file, then `CASE_EXPORT_*` variables and flags on top.
+
+use super::{CliError, CliResult, LogFormat, init_logging, runtime};
+use case_export::server::{self, Config};
+use clap::Args;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file (see deploy/config.example.toml).
+    #[arg(long, env = "CASE_EXPORT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "CASE_EXPORT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Case database (SQLite, opened read-only).
+    #[arg(long, env = "CASE_EXPORT_CASE_DB")]
+    pub case_db: Option<PathBuf>,
+    /// Audit database (SQLite).
+    #[arg(long, env = "CASE_EXPORT_AUDIT_DB")]
+    pub audit_db: Option<PathBuf>,
+    /// Plaintext bytes per chunk.
+    #[arg(long, env = "CASE_EXPORT_CHUNK_SIZE")]
+    pub chunk_size: Option<usize>,
+    /// Largest snapshot one export may build, in bytes.
+    #[arg(long, env = "CASE_EXPORT_MAX_SNAPSHOT_BYTES")]
+    pub max_snapshot_bytes: Option<u64>,
+    /// Exports allowed at once.
+    #[arg(long, env = "CASE_EXPORT_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Sealing threads per export (0: one per core).
+    #[arg(long, env = "CASE_EXPORT_SEAL_WORKERS")]
+    pub seal_workers: Option<usize>,
+    /// Grace period for in-flight exports at shutdown, in seconds.
+    #[arg(long, env = "CASE_EXPORT_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The file's config with every given flag or variable applied.
+    pub fn resolve(&self) -> Result<Config, CliError> {
+        let mut c = match &self.config {
+            Some(p) => Config::load(p).map_err(|e| CliError::new(e.to_string()))?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.case_db {
+            c.case_db = v.clone();
+        }
+        if let Some(v) = &self.audit_db {
+            c.audit_db = v.clone();
+        }
+        if let Some(v) = self.chunk_size {
+            c.chunk_size = v;
+        }
+        if let Some(v) = self.max_snapshot_bytes {
+            c.max_snapshot_bytes = v;
+        }
+        if let Some(v) = self.max_in_flight {
+            c.max_in_flight = v;
+        }
+        if let Some(v) = self.seal_workers {
+            c.seal_workers = v;
+        }
+        if let Some(v) = self.shutdown_grace_secs {
+            c.shutdown_grace_secs = v;
+        }
+        c.validate().map_err(|e| CliError::new(e.to_string()))?;
+        Ok(c)
+    }
+}
+
+/// Keeps keys out of core dumps and away from ptrace on Linux.
+pub fn harden_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on this process with valid arguments.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+            tracing::warn!("could not disable core dumps");
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            tracing::warn!("could not mark the process non-dumpable");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Binds, announces the bound address on stdout, and serves until a signal.
+pub fn serve_config(config: Config) -> CliResult {
+    harden_process();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+        server::serve_on(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| CliError::new(e.to_string()))
+    })
+}
+
+pub fn run(a: ServeArgs, log: LogFormat) -> CliResult {
+    init_logging(log);
+    let config = a.resolve()?;
+    serve_config(config)
+}
