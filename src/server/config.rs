@@ -204,6 +204,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_the_defaults() {
+        let text = include_str!("../../deploy/config.example.toml");
+        let c = Config::from_toml(text, Path::new("config.example.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = Config::from_toml("", Path::new("c.toml")).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
