@@ -9,3 +9,4 @@ pub mod seal;
 pub mod seed;
 pub mod server;
 pub mod snapshot;
+pub mod audit;

@@ -44,6 +44,9 @@ pub enum OpenError {
     /// Something follows the final chunk.
     #[error("data follows the final chunk {last}: the file was altered")]
     TrailingData { last: u64 },
+    /// The last line has no newline: the file was cut or altered.
+    #[error("chunk {index} is not followed by a newline: the file was truncated or altered")]
+    MissingNewline { index: u64 },
     /// The declared size is above what this reader accepts.
     #[error("the export declares {declared} bytes, over this reader's limit of {limit} bytes")]
     TooLarge { declared: u64, limit: u64 },
@@ -57,7 +60,7 @@ pub struct Opened {
     pub export_id: ExportId,
     /// Chunks read.
     pub chunks: u64,
-    /// SHA-256 of the `.enc` bytes read.
+    /// SHA-256 of the `.enc` bytes read (tokens, each with its newline).
     pub sha256: [u8; 32],
 }
 
@@ -116,6 +119,11 @@ impl Opener {
                 .decrypt_at_time(token, None, u64::MAX / 2)
                 .map_err(|_| OpenError::Auth { index })?,
         );
+        // The fernet crate tolerates missing or extra '=' padding; only the
+        // canonical encoding is the sealed file.
+        if token.len() != token_len(plain.len()) {
+            return Err(OpenError::Auth { index });
+        }
         let h = ChunkHeader::decode(&plain).map_err(|what| OpenError::Malformed { index, what })?;
         let data = &plain[CHUNK_HEADER_LEN..];
         match self.first {
@@ -239,6 +247,8 @@ pub fn open_reader<R: BufRead>(
             line.pop();
         } else if n > max_line {
             return Err(OpenError::LineTooLong { index });
+        } else {
+            return Err(OpenError::MissingNewline { index });
         }
         // Tokens are ASCII; anything else cannot authenticate.
         let token = std::str::from_utf8(&line).map_err(|_| OpenError::Auth { index })?;

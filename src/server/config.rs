@@ -61,6 +61,84 @@ pub struct Config {
     pub allow_plaintext: bool,
     /// Case scope: root table, key column, excluded tables.
     pub scope: ScopeConfig,
+    /// Column of the root table naming a case's tenant, for principals
+    /// limited to tenants.
+    pub tenant_column: String,
+    /// Names this server in audit events; empty: a random id per start.
+    pub instance_id: String,
+    /// TLS and mutual TLS.
+    pub tls: Option<TlsConfig>,
+    /// Audit checkpoints.
+    pub audit: AuditConfig,
+    /// Who may call, and with which roles.
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// Server certificate, key and (for mTLS) the client CA, as PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, client certificates are checked and their identity
+    /// (SPIFFE URI SAN, else subject CN) can name a principal.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Checkpoints of the audit chain.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Seconds between checkpoints (also one at shutdown).
+    pub checkpoint_interval_secs: u64,
+    /// JSON-lines file the checkpoints are appended to.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Ed25519 seed (64 hex digits) that signs checkpoints.
+    pub checkpoint_key_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_secs: 300,
+            checkpoint_file: None,
+            checkpoint_key_file: None,
+        }
+    }
+}
+
+/// A role a principal can hold.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May call ExportService.
+    Exporter,
+    /// May call AuditService.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Exporter => "exporter",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// One caller: a service token (stored as its SHA-256) and/or a client
+/// certificate identity.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    /// Hex SHA-256 of the bearer token; the token itself is never stored.
+    pub token_sha256: Option<String>,
+    /// Client certificate identity that names this principal with mTLS.
+    pub tls_identity: Option<String>,
+    pub roles: Vec<Role>,
+    /// When set, only cases of these tenants are visible.
+    pub tenants: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -79,6 +157,11 @@ impl Default for Config {
             max_request_bytes: 16 * 1024,
             allow_plaintext: false,
             scope: ScopeConfig::default(),
+            tenant_column: "tenant".into(),
+            instance_id: String::new(),
+            tls: None,
+            audit: AuditConfig::default(),
+            principals: Vec::new(),
         }
     }
 }
@@ -127,7 +210,38 @@ impl Config {
                 "must be between 256 and 1048576".into(),
             );
         }
-        if !self.listen.ip().is_loopback() && !self.allow_plaintext {
+        for p in &self.principals {
+            if p.name.trim().is_empty() {
+                return v("principals.name", "must not be empty".into());
+            }
+            if let Some(h) = &p.token_sha256
+                && (h.len() != 64 || hex::decode(h).is_err())
+            {
+                return v(
+                    "principals.token_sha256",
+                    format!(
+                        "principal {:?}: must be 64 hex digits (SHA-256 of the token)",
+                        p.name
+                    ),
+                );
+            }
+            if p.token_sha256.is_none() && p.tls_identity.is_none() {
+                return v(
+                    "principals",
+                    format!(
+                        "principal {:?} has neither token_sha256 nor tls_identity",
+                        p.name
+                    ),
+                );
+            }
+        }
+        if self.audit.checkpoint_interval_secs == 0 {
+            return v(
+                "audit.checkpoint_interval_secs",
+                "must be at least 1".into(),
+            );
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_plaintext && self.tls.is_none() {
             return v(
                 "listen",
                 format!(

@@ -1,0 +1,224 @@
+//! Recomputes the chain, checks it against checkpoints, and finds calls
+//! that started and never ended.
+
+use super::chain::{event_hash, genesis_hash};
+use super::checkpoint::Checkpoint;
+use super::{AuditError, Event, Kind};
+use rusqlite::{Connection, Row, params_from_iter, types::Value};
+use std::collections::BTreeMap;
+
+/// The result of `verify_log`.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// The log id (hex).
+    pub log_id: String,
+    /// Events read.
+    pub events: u64,
+    /// Last sequence number.
+    pub last_seq: u64,
+    /// Hash of the last event (hex).
+    pub head_hash: String,
+    /// Chain problems, first first: each names a sequence number.
+    pub problems: Vec<String>,
+    /// Calls with a first event and no terminal one: (seq, request id,
+    /// case id, export id).
+    pub unterminated: Vec<(u64, String, Option<String>, Option<String>)>,
+    /// Checkpoints that matched the log.
+    pub checkpoints_ok: usize,
+}
+
+impl Verification {
+    /// True when the chain and every checkpoint hold.
+    pub fn chain_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+const COLUMNS: &str = "seq, ts, kind, request_id, method, principal, on_behalf_of, peer, \
+    tls_identity, case_id, export_id, purpose, code, detail, instance, version, prev_hash, hash";
+
+fn read_event(r: &Row<'_>) -> rusqlite::Result<(u64, Event, String, String, String)> {
+    let kind: String = r.get(2)?;
+    Ok((
+        r.get::<_, i64>(0)? as u64,
+        Event {
+            ts: r.get(1)?,
+            kind: Kind::parse(&kind).unwrap_or(Kind::Attempt),
+            request_id: r.get(3)?,
+            method: r.get(4)?,
+            principal: r.get(5)?,
+            on_behalf_of: r.get(6)?,
+            peer: r.get(7)?,
+            tls_identity: r.get(8)?,
+            case_id: r.get(9)?,
+            export_id: r.get(10)?,
+            purpose: r.get(11)?,
+            code: r.get(12)?,
+            detail: r.get(13)?,
+            instance: r.get(14)?,
+            version: r.get(15)?,
+        },
+        kind,
+        r.get(16)?,
+        r.get(17)?,
+    ))
+}
+
+fn db_err(e: rusqlite::Error) -> AuditError {
+    AuditError::Open {
+        path: Default::default(),
+        message: e.to_string(),
+    }
+}
+
+/// Verifies the whole log and each checkpoint given.
+pub fn verify_log(
+    conn: &Connection,
+    checkpoints: &[Checkpoint],
+    public_key: Option<&str>,
+) -> Result<Verification, AuditError> {
+    let log_hex: String = conn
+        .query_row("SELECT log_id FROM audit_meta", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let mut log_id = [0u8; 16];
+    let mut v = Verification {
+        log_id: log_hex.clone(),
+        ..Default::default()
+    };
+    if hex::decode_to_slice(&log_hex, &mut log_id).is_err() {
+        v.problems
+            .push("audit_meta holds a malformed log id".into());
+        return Ok(v);
+    }
+    let mut prev = genesis_hash(&log_id);
+    let mut expected = 1u64;
+    let mut hashes: BTreeMap<u64, String> = BTreeMap::new();
+    let mut open: BTreeMap<String, (u64, Option<String>, Option<String>)> = BTreeMap::new();
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
+        .map_err(db_err)?;
+    let mut rows = st.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let (seq, e, kind, prev_hex, hash_hex) = read_event(r).map_err(db_err)?;
+        v.events += 1;
+        if v.problems.is_empty() {
+            if seq != expected {
+                v.problems.push(if seq > expected {
+                    format!("gap: sequence numbers {expected}..{} are missing", seq - 1)
+                } else {
+                    format!("sequence number {seq} repeats or goes back")
+                });
+            } else if Kind::parse(&kind).is_none() {
+                v.problems
+                    .push(format!("event {seq}: unknown kind {kind:?}"));
+            } else if prev_hex != hex::encode(prev) {
+                v.problems.push(format!(
+                    "event {seq}: previous-hash does not match event {}",
+                    seq - 1
+                ));
+            } else if hash_hex != hex::encode(event_hash(seq, &prev, &e)) {
+                v.problems.push(format!(
+                    "event {seq}: contents do not match its hash (altered)"
+                ));
+            }
+        }
+        let mut h = [0u8; 32];
+        if hex::decode_to_slice(&hash_hex, &mut h).is_ok() {
+            prev = h;
+        }
+        expected = seq + 1;
+        v.last_seq = seq;
+        hashes.insert(seq, hash_hex.clone());
+        v.head_hash = hash_hex;
+        match e.kind {
+            Kind::Attempt | Kind::Started | Kind::Sealed => {
+                let entry = open
+                    .entry(e.request_id.clone())
+                    .or_insert((seq, None, None));
+                if e.case_id.is_some() {
+                    entry.1 = e.case_id.clone();
+                }
+                if e.export_id.is_some() {
+                    entry.2 = e.export_id.clone();
+                }
+            }
+            k if k.is_terminal() => {
+                open.remove(&e.request_id);
+            }
+            _ => {}
+        }
+    }
+    for c in checkpoints {
+        if c.log_id != v.log_id {
+            continue;
+        }
+        if let Err(e) = c.verify_signature(public_key) {
+            v.problems.push(format!("checkpoint at {}: {e}", c.seq));
+            continue;
+        }
+        if c.seq > v.last_seq {
+            v.problems.push(format!(
+                "tail removed: a checkpoint names event {} but the log ends at {}",
+                c.seq, v.last_seq
+            ));
+        } else if c.seq > 0 && hashes.get(&c.seq) != Some(&c.head_hash) {
+            v.problems.push(format!(
+                "event {}: hash differs from the checkpoint (log rewritten)",
+                c.seq
+            ));
+        } else {
+            v.checkpoints_ok += 1;
+        }
+    }
+    v.unterminated = open
+        .into_iter()
+        .map(|(rid, (seq, case, export))| (seq, rid, case, export))
+        .collect();
+    v.unterminated.sort();
+    Ok(v)
+}
+
+/// Which events `list_events` returns.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub case_id: Option<String>,
+    pub principal: Option<String>,
+    /// RFC 3339; events at or after.
+    pub since: Option<String>,
+    /// RFC 3339; events before.
+    pub until: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// Events matching `f`, in sequence order.
+pub fn list_events(conn: &Connection, f: &ListFilter) -> Result<Vec<(u64, Event)>, AuditError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(c) = &f.case_id {
+        sql.push_str(" AND case_id = ?");
+        args.push(Value::Text(c.clone()));
+    }
+    if let Some(p) = &f.principal {
+        sql.push_str(" AND principal = ?");
+        args.push(Value::Text(p.clone()));
+    }
+    if let Some(s) = &f.since {
+        sql.push_str(" AND ts >= ?");
+        args.push(Value::Text(s.clone()));
+    }
+    if let Some(u) = &f.until {
+        sql.push_str(" AND ts < ?");
+        args.push(Value::Text(u.clone()));
+    }
+    sql.push_str(" ORDER BY seq");
+    if let Some(l) = f.limit {
+        sql.push_str(&format!(" LIMIT {l}"));
+    }
+    let mut st = conn.prepare(&sql).map_err(db_err)?;
+    let rows = st
+        .query_map(params_from_iter(args), |r| {
+            read_event(r).map(|(s, e, ..)| (s, e))
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
+}
