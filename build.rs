@@ -5,7 +5,10 @@ use prost::Message;
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/case_export/v1/export.proto"];
+    let protos = [
+        "proto/case_export/v1/export.proto",
+        "proto/case_export/v1/audit.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

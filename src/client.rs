@@ -9,8 +9,10 @@ use crate::seal::{CHUNK_HEADER_LEN, MAX_CHUNK_SIZE, SecretKey, token_len};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+use zeroize::Zeroizing;
 
 /// What a calling service can branch on.
 #[derive(Debug, thiserror::Error)]
@@ -111,38 +113,106 @@ pub struct Progress {
     pub total_chunks: u64,
 }
 
+/// How to reach and authenticate to a server.
+#[derive(Default, Clone)]
+pub struct ClientOptions {
+    /// Bearer token of the calling service.
+    pub token: Option<Zeroizing<String>>,
+    /// The analyst the export is for (`x-on-behalf-of`).
+    pub on_behalf_of: Option<String>,
+    /// PEM roots to trust for the server's certificate (`https://` URLs).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the server certificate against, if not the URL host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("on_behalf_of", &self.on_behalf_of)
+            .field("tls", &self.ca_pem.is_some())
+            .field("client_cert", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
 /// Client for `case_export.v1.ExportService`.
 #[derive(Clone)]
 pub struct ExportClient {
     inner: ExportServiceClient<Channel>,
+    token: Option<Zeroizing<String>>,
+    on_behalf_of: Option<String>,
 }
 
 impl ExportClient {
-    /// Connects over plaintext HTTP/2, e.g. `http://127.0.0.1:50051`.
+    /// Connects without credentials, e.g. to `http://127.0.0.1:50051`.
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects with credentials and, for `https://` URLs, TLS.
+    pub async fn connect_with(endpoint: &str, opts: ClientOptions) -> Result<Self, ClientError> {
         let conn_err = |message: String| ClientError::Connect {
             endpoint: endpoint.to_string(),
             message,
         };
-        let ep =
-            Endpoint::from_shared(endpoint.to_string()).map_err(|e| conn_err(e.to_string()))?;
-        let channel = ep.connect().await.map_err(|e| {
-            let mut msg = e.to_string();
-            if let Some(src) = std::error::Error::source(&e) {
-                msg = format!("{msg}: {src}");
+        let mut ep =
+            Endpoint::from_shared(endpoint.to_string()).map_err(|e| conn_err(error_chain(&e)))?;
+        if endpoint.starts_with("https://") || opts.ca_pem.is_some() || opts.identity_pem.is_some()
+        {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &opts.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
             }
-            conn_err(msg)
-        })?;
-        Ok(Self::from_channel(channel))
+            if let Some((cert, key)) = &opts.identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &opts.domain {
+                tls = tls.domain_name(d.clone());
+            }
+            ep = ep.tls_config(tls).map_err(|e| conn_err(error_chain(&e)))?;
+        }
+        let channel = ep.connect().await.map_err(|e| conn_err(error_chain(&e)))?;
+        let mut c = Self::from_channel(channel);
+        c.token = opts.token;
+        c.on_behalf_of = opts.on_behalf_of;
+        Ok(c)
     }
 
-    /// Wraps an existing channel.
+    /// Wraps an existing channel (no credentials).
     pub fn from_channel(channel: Channel) -> Self {
         // A chunk message is one token of at most the format's largest chunk.
         let limit = token_len(MAX_CHUNK_SIZE + CHUNK_HEADER_LEN) + 4096;
         Self {
             inner: ExportServiceClient::new(channel).max_decoding_message_size(limit),
+            token: None,
+            on_behalf_of: None,
         }
+    }
+
+    fn request(&self, req: ExportCaseRequest) -> Result<Request<ExportCaseRequest>, ClientError> {
+        let mut r = Request::new(req);
+        if let Some(t) = &self.token {
+            let mut v: MetadataValue<_> =
+                format!("Bearer {}", t.as_str()).parse().map_err(|_| {
+                    ClientError::InvalidArgument("the token has invalid characters".into())
+                })?;
+            v.set_sensitive(true);
+            r.metadata_mut().insert("authorization", v);
+        }
+        if let Some(o) = &self.on_behalf_of {
+            let v = o.parse().map_err(|_| {
+                ClientError::InvalidArgument(
+                    "on-behalf-of must be printable ASCII (metadata cannot carry it otherwise)"
+                        .into(),
+                )
+            })?;
+            r.metadata_mut().insert(crate::server::ON_BEHALF_OF, v);
+        }
+        Ok(r)
     }
 
     /// Streams one export into `out`, checking the stream as it arrives.
@@ -157,6 +227,7 @@ impl ExportClient {
             case_id: case_id.to_string(),
             purpose: purpose.to_string(),
         };
+        let req = self.request(req)?;
         let mut stream = self.inner.export_case(req).await?.into_inner();
         let proto = |m: &str| ClientError::Protocol(m.to_string());
         let header = match stream.message().await? {
@@ -244,6 +315,17 @@ impl ExportClient {
         dir: &Path,
         progress: impl FnMut(&ExportHeader, Progress),
     ) -> Result<Receipt, ClientError> {
+        // Refuse before the server does the work and releases a key.
+        let expected = dir.join(crate::server::file_name_for(case_id));
+        if safe_file_name(&crate::server::file_name_for(case_id)).is_some() && expected.exists() {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} already exists: move it or choose another directory",
+                    expected.display()
+                ),
+            )));
+        }
         let tmp = tempfile::Builder::new()
             .prefix(".case-export-")
             .suffix(".partial")
@@ -263,9 +345,12 @@ impl ExportClient {
         let name = safe_file_name(&receipt.file_name)
             .ok_or_else(|| ClientError::Protocol("the server sent an unsafe file name".into()))?;
         let dest = dir.join(name);
-        tmp_path
-            .persist_noclobber(&dest)
-            .map_err(|e| ClientError::Io(e.error))?;
+        tmp_path.persist_noclobber(&dest).map_err(|e| {
+            ClientError::Io(std::io::Error::new(
+                e.error.kind(),
+                format!("cannot create {}: {}", dest.display(), e.error),
+            ))
+        })?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -275,17 +360,22 @@ impl ExportClient {
 }
 
 fn private_mode() -> std::fs::Permissions {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::Permissions::from_mode(0o600)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o600)
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        src = s.source();
     }
-    #[cfg(not(unix))]
-    {
-        std::fs::metadata(".")
-            .map(|m| m.permissions())
-            .unwrap_or_else(|_| unreachable!())
-    }
+    msg
 }
 
 /// A server-sent name is used only if it is one plain path component.

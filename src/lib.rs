@@ -3,10 +3,10 @@
 //! The library holds the server, the internal client other services link,
 //! and the sealed format's reader and writer.
 
+pub mod audit;
 pub mod client;
 pub mod pb;
 pub mod seal;
 pub mod seed;
 pub mod server;
 pub mod snapshot;
-pub mod audit;

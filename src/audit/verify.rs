@@ -191,7 +191,11 @@ pub struct ListFilter {
 }
 
 /// Events matching `f`, in sequence order.
-pub fn list_events(conn: &Connection, f: &ListFilter) -> Result<Vec<(u64, Event)>, AuditError> {
+/// Each with its sequence number and hash (hex).
+pub fn list_events(
+    conn: &Connection,
+    f: &ListFilter,
+) -> Result<Vec<(u64, Event, String)>, AuditError> {
     let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1");
     let mut args: Vec<Value> = Vec::new();
     if let Some(c) = &f.case_id {
@@ -217,7 +221,7 @@ pub fn list_events(conn: &Connection, f: &ListFilter) -> Result<Vec<(u64, Event)
     let mut st = conn.prepare(&sql).map_err(db_err)?;
     let rows = st
         .query_map(params_from_iter(args), |r| {
-            read_event(r).map(|(s, e, ..)| (s, e))
+            read_event(r).map(|(s, e, _, _, h)| (s, e, h))
         })
         .map_err(db_err)?;
     rows.collect::<Result<_, _>>().map_err(db_err)

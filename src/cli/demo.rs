@@ -4,7 +4,7 @@
 use super::serve::serve_config;
 use super::{CliError, CliResult, LogFormat, init_logging};
 use case_export::seed::{SeedOptions, seed_demo};
-use case_export::server::Config;
+use case_export::server::{Config, PrincipalConfig, Role};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,26 +57,48 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
         );
     }
     let case = first_case(&db)?;
+    // A development principal with both roles; a new token every start.
+    let token = super::token::new_token()?;
+    let token_file = a.dir.join("demo.token");
+    let _ = std::fs::remove_file(&token_file);
+    super::write_private(&token_file, format!("{}\n", token.as_str()).as_bytes())
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", token_file.display())))?;
     let addr = a.listen;
+    let audit_db = a.dir.join("audit.db");
     println!(
-        "\ncase-export demo: case database {db}\n\
+        "\ncase-export demo: case database {db}, audit trail {audit}\n\
+         development principal \"demo\" (exporter, auditor), token in {tf}\n\
          \nTry it (in another terminal):\n\
          \n  grpcurl -plaintext {addr} list\
          \n  grpcurl -plaintext {addr} describe case_export.v1.ExportService\
          \n  grpcurl -plaintext -d '{{\"service\":\"case_export.v1.ExportService\"}}' {addr} grpc.health.v1.Health/Check\
-         \n  grpcurl -plaintext -d '{{\"case_id\":\"{case}\",\"purpose\":\"DEMO-1 quickstart\"}}' {addr} case_export.v1.ExportService/ExportCase\
+         \n  grpcurl -plaintext -H 'authorization: Bearer {tok}' -H 'x-on-behalf-of: analyst.demo' \\\
+         \n      -d '{{\"case_id\":\"{case}\",\"purpose\":\"DEMO-1 quickstart\"}}' {addr} case_export.v1.ExportService/ExportCase\
          \n\
-         \n  cargo run --release -- export --server http://{addr} --case {case} --purpose 'DEMO-1 quickstart' --key-out demo.key\
+         \n  cargo run --release -- export --server http://{addr} --token-file {tf} --on-behalf-of analyst.demo \\\
+         \n      --case {case} --purpose 'DEMO-1 quickstart' --key-out demo.key\
          \n  cargo run --release -- view case_offline_{case}.enc --key-file demo.key\
          \n  cargo run --release -- open case_offline_{case}.enc --key-file demo.key --out case.db\
+         \n  cargo run --release -- audit list --db {audit}\
+         \n  cargo run --release -- audit verify --db {audit}\
          \n\
          \nStop with Ctrl-C.\n",
         db = db.display(),
+        audit = audit_db.display(),
+        tf = token_file.display(),
+        tok = token.as_str(),
     );
     let config = Config {
         listen: a.listen,
         case_db: db,
-        audit_db: a.dir.join("audit.db"),
+        audit_db,
+        principals: vec![PrincipalConfig {
+            name: "demo".into(),
+            token_sha256: Some(super::token::token_sha256(&token)),
+            tls_identity: None,
+            roles: vec![Role::Exporter, Role::Auditor],
+            tenants: None,
+        }],
         ..Config::default()
     };
     serve_config(config)

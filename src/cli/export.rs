@@ -2,12 +2,13 @@
 //! internal client, then shows the key once or writes it to `--key-out`.
 
 use super::{CliError, CliResult, runtime};
-use case_export::client::ExportClient;
+use case_export::client::{ClientOptions, ExportClient};
 use case_export::seal::KEY_WARNING;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use zeroize::Zeroizing;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -30,6 +31,62 @@ pub struct ExportArgs {
     /// Write the key to this file (mode 0600) instead of printing it.
     #[arg(long)]
     pub key_out: Option<PathBuf>,
+    /// File holding this service's bearer token (else CASE_EXPORT_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The analyst the export is for (recorded in the custody trail).
+    #[arg(long, env = "CASE_EXPORT_ON_BEHALF_OF")]
+    pub on_behalf_of: String,
+    /// PEM CA certificate to trust for an https:// server.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with --client-key).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM client key, for mutual TLS.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Server name to check the certificate against, if not the URL's host.
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+}
+
+/// Environment variable holding the service token.
+pub const TOKEN_ENV: &str = "CASE_EXPORT_TOKEN";
+
+fn read_file(p: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(p).map_err(|e| CliError::new(format!("cannot read {what} {}: {e}", p.display())))
+}
+
+/// Client options from the flags; the token never comes from an argument.
+fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
+    let token = match &a.token_file {
+        Some(p) => Some(Zeroizing::new(
+            String::from_utf8(read_file(p, "token file")?)
+                .map_err(|_| CliError::new(format!("{} is not a token file", p.display())))?
+                .trim()
+                .to_string(),
+        )),
+        None => std::env::var(TOKEN_ENV).ok().map(Zeroizing::new),
+    };
+    let identity = match (&a.client_cert, &a.client_key) {
+        (Some(c), Some(k)) => Some((
+            read_file(c, "client certificate")?,
+            read_file(k, "client key")?,
+        )),
+        _ => None,
+    };
+    Ok(ClientOptions {
+        token,
+        on_behalf_of: Some(a.on_behalf_of.clone()),
+        ca_pem: a
+            .ca_cert
+            .as_deref()
+            .map(|p| read_file(p, "CA certificate"))
+            .transpose()?,
+        identity_pem: identity,
+        domain: a.tls_domain.clone(),
+    })
 }
 
 pub fn run(a: ExportArgs) -> CliResult {
@@ -43,7 +100,7 @@ pub fn run(a: ExportArgs) -> CliResult {
     }
     let rt = runtime()?;
     let receipt = rt.block_on(async {
-        let mut client = ExportClient::connect(&a.server)
+        let mut client = ExportClient::connect_with(&a.server, options(&a)?)
             .await
             .map_err(|e| CliError::new(e.to_string()))?;
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -79,7 +136,7 @@ pub fn run(a: ExportArgs) -> CliResult {
     );
     match &a.key_out {
         Some(kp) => {
-            write_private(kp, format!("{}\n", &*key).as_bytes())
+            super::write_private(kp, format!("{}\n", &*key).as_bytes())
                 .map_err(|e| CliError::new(format!("cannot write key to {}: {e}", kp.display())))?;
             eprintln!("key written to {} (mode 0600). {KEY_WARNING}", kp.display());
         }
@@ -90,17 +147,4 @@ pub fn run(a: ExportArgs) -> CliResult {
         }
     }
     Ok(())
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }

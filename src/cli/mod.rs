@@ -1,11 +1,13 @@
 //! Command-line interface: one file per subcommand.
 
+mod audit;
 mod demo;
 mod export;
 mod keyinput;
 mod open;
 mod seed;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::fmt;
@@ -44,6 +46,10 @@ pub enum Command {
     View(open::ViewArgs),
     /// Create a database of synthetic demo cases.
     SeedDemo(seed::SeedArgs),
+    /// Verify or list the custody trail.
+    Audit(audit::AuditArgs),
+    /// Make service tokens and checkpoint keys.
+    Token(token::TokenArgs),
 }
 
 /// An error for the user: one line, already saying what to do.
@@ -83,15 +89,32 @@ impl From<std::io::Error> for CliError {
 
 pub type CliResult = Result<(), CliError>;
 
-pub fn run(cli: Cli) -> CliResult {
+/// Runs a subcommand; `Ok` carries the exit status.
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    let ok = |r: CliResult| r.map(|_| 0);
     match cli.command {
-        Command::Serve(a) => serve::run(a, cli.log_format),
-        Command::Demo(a) => demo::run(a, cli.log_format),
-        Command::Export(a) => export::run(a),
-        Command::Open(a) => open::run_open(a),
-        Command::View(a) => open::run_view(a),
-        Command::SeedDemo(a) => seed::run(a),
+        Command::Serve(a) => ok(serve::run(a, cli.log_format)),
+        Command::Demo(a) => ok(demo::run(a, cli.log_format)),
+        Command::Export(a) => ok(export::run(a)),
+        Command::Open(a) => ok(open::run_open(a)),
+        Command::View(a) => ok(open::run_view(a)),
+        Command::SeedDemo(a) => ok(seed::run(a)),
+        Command::Audit(a) => audit::run(a),
+        Command::Token(a) => ok(token::run(a)),
     }
+}
+
+/// Creates `path` with mode 0600 (never replacing a file) and writes `bytes`.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Sets up `tracing` on stderr; `RUST_LOG` overrides the default level.

@@ -2,7 +2,7 @@
 //! with no `Display` and a redacting `Debug`.
 
 use base64::Engine;
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE;
 use fernet::Fernet;
 use std::fmt;
 use zeroize::Zeroizing;
@@ -34,9 +34,9 @@ impl SecretKey {
     pub fn from_fernet_key(text: &str) -> Result<Self, BadKey> {
         let text = text.trim();
         let mut buf = Zeroizing::new([0u8; 48]);
+        // Only the standard, padded form: what every Fernet library emits.
         let n = URL_SAFE
             .decode_slice(text, buf.as_mut())
-            .or_else(|_| URL_SAFE_NO_PAD.decode_slice(text, buf.as_mut()))
             .map_err(|_| BadKey)?;
         if n != 32 {
             return Err(BadKey);

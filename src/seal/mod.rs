@@ -24,8 +24,9 @@ pub const FLAG_FINAL: u8 = 0x01;
 pub const DEFAULT_CHUNK_SIZE: usize = 256 * 1024;
 /// Smallest chunk size a server accepts in its configuration.
 pub const MIN_CHUNK_SIZE: usize = 4 * 1024;
-/// Largest chunk size the format allows; bounds a reader's line length.
-pub const MAX_CHUNK_SIZE: usize = 8 * 1024 * 1024;
+/// Largest chunk size the format allows; bounds a reader's line length and
+/// keeps each chunk message under gRPC's common 4 MiB message limit.
+pub const MAX_CHUNK_SIZE: usize = 2 * 1024 * 1024;
 /// The warning of the original design, sent with every key.
 pub const KEY_WARNING: &str =
     "Store this key securely. Without it, the encrypted data cannot be decrypted.";

@@ -166,12 +166,33 @@ impl Default for Config {
     }
 }
 
+/// "line L, column C: message" from a TOML error, on one line.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let col = before.len() - line_start + 1;
+            let line_text = text[line_start..].lines().next().unwrap_or("");
+            match line_text.split_once('=') {
+                Some((key, _)) if !msg.contains(key.trim()) => {
+                    format!("line {line}, column {col}: `{}`: {msg}", key.trim())
+                }
+                _ => format!("line {line}, column {col}: {msg}"),
+            }
+        }
+        None => msg,
+    }
+}
+
 impl Config {
     /// Parses a TOML document; errors name the key and line.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: one_line(text, &e),
         })?;
         cfg.validate()?;
         Ok(cfg)

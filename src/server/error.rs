@@ -21,6 +21,9 @@ pub enum ExportError {
     /// The case database cannot be read now.
     #[error("{0}")]
     SourceUnavailable(String),
+    /// The audit store cannot record the call; nothing is released.
+    #[error("the audit store cannot record this export, so nothing was released; retry later")]
+    AuditUnavailable,
     /// The server is draining.
     #[error("server is shutting down; retry on another instance")]
     ShuttingDown,
@@ -37,7 +40,9 @@ impl ExportError {
             Self::NotFound => Code::NotFound,
             Self::TooLarge(_) => Code::FailedPrecondition,
             Self::Exhausted(_) => Code::ResourceExhausted,
-            Self::SourceUnavailable(_) | Self::ShuttingDown => Code::Unavailable,
+            Self::SourceUnavailable(_) | Self::ShuttingDown | Self::AuditUnavailable => {
+                Code::Unavailable
+            }
             Self::Internal(_) => Code::Internal,
         }
     }

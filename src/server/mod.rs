@@ -1,15 +1,26 @@
 //! The gRPC server: export service, health, reflection, limits and graceful
 //! shutdown. `serve` is what `case-export serve` runs and what tests start.
 
+mod audit_svc;
+mod auth;
 mod config;
 mod error;
+mod layer;
 mod service;
 
-pub use config::{Config, ConfigError, DEFAULT_LISTEN};
+pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
+pub use config::{
+    AuditConfig, Config, ConfigError, DEFAULT_LISTEN, PrincipalConfig, Role, TlsConfig,
+};
 pub use error::{ExportError, validate_case_id, validate_purpose};
+pub use layer::code_name;
 pub use service::file_name_for;
 
+use crate::audit::{AuditHandle, AuditWriter, CheckpointConfig, CheckpointSigner, Event, Kind};
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
+use audit_svc::AuditSvc;
+use auth::{AuthInterceptor, Authenticator};
 use service::ExportSvc;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 /// Shared by every call.
@@ -30,6 +42,7 @@ pub(crate) struct ServerState {
     pub draining: AtomicBool,
     /// Set when the grace period is over: end exports still running.
     pub hard_stop: AtomicBool,
+    pub audit: AuditHandle,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -48,6 +61,41 @@ pub enum ServeError {
     /// Building reflection failed.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    /// The audit store could not be opened: no export may run without it.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// TLS material or the checkpoint key could not be loaded.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path)
+        .map_err(|e| ServeError::Setup(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn tls_config(t: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
+    let identity = Identity::from_pem(
+        read_pem(&t.cert, "TLS certificate")?,
+        read_pem(&t.key, "TLS key")?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &t.client_ca {
+        // Optional: callers may still authenticate with a token instead.
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
+            .client_auth_optional(true);
+    }
+    Ok(tls)
+}
+
+fn instance_id(config: &Config) -> String {
+    if !config.instance_id.is_empty() {
+        return config.instance_id.clone();
+    }
+    let mut b = [0u8; 6];
+    let _ = getrandom::getrandom(&mut b);
+    format!("case-export-{}", hex::encode(b))
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -66,12 +114,42 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let signer = config
+        .audit
+        .checkpoint_key_file
+        .as_deref()
+        .map(CheckpointSigner::from_file)
+        .transpose()
+        .map_err(ServeError::Setup)?;
+    let instance = instance_id(&config);
+    let writer = AuditWriter::start(
+        &config.audit_db,
+        &instance,
+        CheckpointConfig {
+            every: Duration::from_secs(config.audit.checkpoint_interval_secs),
+            file: config.audit.checkpoint_file.clone(),
+            signer,
+        },
+    )?;
+    let audit = writer.handle();
+    let mut start = Event::new(Kind::ServerStart, "-");
+    start.detail = Some(
+        serde_json::json!({ "listen": listener.local_addr().ok().map(|a| a.to_string()) })
+            .to_string(),
+    );
+    audit.commit(start).await?;
     let state = Arc::new(ServerState {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: config.clone(),
         draining: AtomicBool::new(false),
         hard_stop: AtomicBool::new(false),
+        audit: audit.clone(),
     });
+    let authn = Arc::new(Authenticator::new(&config.principals));
+    if config.principals.is_empty() {
+        warn!("no principals configured: every call will be refused (see `case-export token new`)");
+    }
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ExportServiceServer<ExportSvc>>()
@@ -88,10 +166,31 @@ pub async fn serve_on(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let export_svc = ExportServiceServer::new(ExportSvc {
-        state: state.clone(),
-    })
-    .max_decoding_message_size(config.max_request_bytes);
+    let export_svc = tonic::service::interceptor::InterceptedService::new(
+        ExportServiceServer::new(ExportSvc {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(config.max_request_bytes),
+        AuthInterceptor {
+            auth: authn.clone(),
+            audit: audit.clone(),
+            role: Role::Exporter,
+            needs_on_behalf_of: true,
+        },
+    );
+    let audit_svc = tonic::service::interceptor::InterceptedService::new(
+        AuditServiceServer::new(AuditSvc {
+            audit_db: config.audit_db.clone(),
+        })
+        .max_decoding_message_size(config.max_request_bytes),
+        AuthInterceptor {
+            auth: authn,
+            audit: audit.clone(),
+            role: Role::Auditor,
+            needs_on_behalf_of: false,
+        },
+    );
+    let monitor = tokio::spawn(health_monitor(state.clone(), health_reporter.clone()));
 
     let local = listener.local_addr().ok();
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -119,7 +218,14 @@ pub async fn serve_on(
             st2.hard_stop.store(true, Ordering::SeqCst);
         });
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
+        .layer(layer::AuditLayer {
+            audit: audit.clone(),
+        })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(128))
@@ -129,7 +235,8 @@ pub async fn serve_on(
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(export_svc);
+        .add_service(export_svc)
+        .add_service(audit_svc);
     if let Some(a) = local {
         info!(addr = %a, "case-export listening");
     }
@@ -143,6 +250,54 @@ pub async fn serve_on(
             tokio::time::sleep(grace + Duration::from_secs(5)).await;
         } => warn!("connections still open after the grace period; exiting"),
     }
+    monitor.abort();
+    drop(state);
+    writer.shutdown();
     info!("server stopped");
     Ok(())
+}
+
+/// Keeps the health status true to reality: NOT_SERVING while draining,
+/// while the audit store cannot write, or while the case database cannot
+/// be opened.
+async fn health_monitor(state: Arc<ServerState>, reporter: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    loop {
+        let path = state.config.case_db.clone();
+        let source_ok = tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        let audit_ok = state.audit.is_healthy();
+        let draining = state.draining.load(Ordering::SeqCst);
+        let serving = source_ok && audit_ok && !draining;
+        if last != Some(serving) {
+            if serving {
+                reporter
+                    .set_serving::<ExportServiceServer<ExportSvc>>()
+                    .await;
+            } else {
+                warn!(source_ok, audit_ok, draining, "health: NOT_SERVING");
+                reporter
+                    .set_not_serving::<ExportServiceServer<ExportSvc>>()
+                    .await;
+            }
+            last = Some(serving);
+        }
+        if draining {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

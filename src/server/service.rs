@@ -2,7 +2,10 @@
 //! last. Blocking work runs on blocking threads; async code moves messages.
 
 use super::ServerState;
+use super::auth::Principal;
 use super::error::{ExportError, validate_case_id, validate_purpose};
+use super::layer::CallContext;
+use crate::audit::Kind;
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::export_service_server::ExportService;
 use crate::pb::{
@@ -42,10 +45,25 @@ impl ExportService for ExportSvc {
         &self,
         request: Request<ExportCaseRequest>,
     ) -> Result<Response<Self::ExportCaseStream>, Status> {
+        let ctx = request
+            .extensions()
+            .get::<CallContext>()
+            .cloned()
+            .ok_or_else(|| ExportError::Internal("-".into()))?;
+        let principal = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
         let st = self.state.clone();
+        // Fail closed: nothing is read before the attempt is on record.
+        if let Err(e) = ctx.attempt_committed().await {
+            warn!(request_id = %ctx.request_id, error = %e, "attempt not recorded; export refused");
+            return Err(ExportError::AuditUnavailable.into());
+        }
         validate_case_id(&req.case_id)?;
         validate_purpose(&req.purpose)?;
+        ctx.note(|i| {
+            i.case_id = Some(req.case_id.clone());
+            i.purpose = Some(req.purpose.clone());
+        });
         if st.draining.load(Ordering::SeqCst) {
             return Err(ExportError::ShuttingDown.into());
         }
@@ -57,7 +75,17 @@ impl ExportService for ExportSvc {
 
         let export_id = ExportId::random().map_err(|_| ExportError::Internal("-".into()))?;
         let eid = export_id.to_hex();
-        let span = info_span!("export", export_id = %eid, case_id = %req.case_id);
+        ctx.note(|i| i.export_id = Some(eid.clone()));
+        let span = info_span!(
+            "export",
+            request_id = %ctx.request_id,
+            export_id = %eid,
+            case_id = %req.case_id
+        );
+        if let Err(e) = st.audit.commit(ctx.event(Kind::Started)).await {
+            warn!(parent: &span, error = %e, "start not recorded; export refused");
+            return Err(ExportError::AuditUnavailable.into());
+        }
         info!(parent: &span, purpose = %req.purpose, "export started");
 
         let created_at = time::OffsetDateTime::now_utc()
@@ -66,8 +94,10 @@ impl ExportService for ExportSvc {
         let cfg = st.config.clone();
         let case_id = req.case_id.clone();
         let created = created_at.clone();
+        let tenants = principal.and_then(|p| p.tenants);
         let snapshot = tokio::task::spawn_blocking(move || {
             build_snapshot(&SnapshotRequest {
+                tenants: tenants.as_deref().map(|t| (cfg.tenant_column.as_str(), t)),
                 source: &cfg.case_db,
                 case_id: &case_id,
                 scope: &cfg.scope,
@@ -109,6 +139,11 @@ impl ExportService for ExportSvc {
             created_at,
         };
 
+        let row_counts: serde_json::Map<String, serde_json::Value> = snapshot
+            .row_counts
+            .iter()
+            .map(|(t, n)| (t.clone(), (*n).into()))
+            .collect();
         let (tx, rx) = mpsc::channel(st.config.channel_depth);
         let workers = st.config.seal_workers();
         let producer_span = span.clone();
@@ -157,6 +192,32 @@ impl ExportService for ExportSvc {
             };
             // Free the plaintext before the key goes out.
             drop(snapshot);
+            // The custody record must be committed before the key leaves.
+            let detail = serde_json::json!({
+                "row_counts": row_counts,
+                "plaintext_size": summary.plaintext_size,
+                "ciphertext_sha256": hex::encode(summary.sha256),
+                "ciphertext_size": summary.ciphertext_size,
+                "chunk_count": summary.chunks,
+                "format_version": FORMAT_VERSION,
+            });
+            ctx.note(|i| {
+                if let serde_json::Value::Object(m) = &detail {
+                    i.detail.extend(m.clone());
+                }
+            });
+            let mut sealed = ctx.event(Kind::Sealed);
+            sealed.detail = Some(detail.to_string());
+            let committed = state
+                .audit
+                .record_acked(sealed)
+                .blocking_recv()
+                .unwrap_or(Err(crate::audit::AuditError::Stopped));
+            if let Err(e) = committed {
+                tracing::error!(error = %e, "custody record not committed; key withheld");
+                let _ = tx.blocking_send(Err(ExportError::AuditUnavailable.into()));
+                return;
+            }
             let fernet_key = key.expose_fernet_key();
             let key_msg = ExportKey {
                 fernet_key: fernet_key.to_string(),

@@ -26,6 +26,9 @@ pub struct SnapshotRequest<'a> {
     pub max_bytes: u64,
     /// How long to wait for a writer's lock on the source.
     pub busy_timeout: Duration,
+    /// For callers limited to tenants: the root table's tenant column and
+    /// the tenants they may see. A case of another tenant is `NotFound`.
+    pub tenants: Option<(&'a str, &'a [String])>,
 }
 
 /// A finished snapshot held in memory; its bytes are zeroed on drop.
@@ -163,16 +166,27 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(internal)?;
-    conn.execute_batch(
-        "PRAGMA temp_store = MEMORY; PRAGMA main.journal_mode = OFF; \
+    // From here on, any early return drops `snap`, which zeroes whatever
+    // part of the case was already copied.
+    let mut snap = Snapshot {
+        conn,
+        size: 0,
+        row_counts: Vec::new(),
+        source_schema_sha256: String::new(),
+    };
+    snap.conn
+        .execute_batch(
+            "PRAGMA temp_store = MEMORY; PRAGMA main.journal_mode = OFF; \
          PRAGMA main.synchronous = OFF; PRAGMA foreign_keys = OFF;",
-    )
-    .map_err(internal)?;
-    let mut limit = i64::try_from(req.max_bytes).unwrap_or(i64::MAX);
-    conn.file_control(Some(rusqlite::MAIN_DB), FileControl::SizeLimit(&mut limit))
+        )
         .map_err(internal)?;
-    conn.busy_timeout(busy).map_err(internal)?;
-    conn.execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
+    let mut limit = i64::try_from(req.max_bytes).unwrap_or(i64::MAX);
+    snap.conn
+        .file_control(Some(rusqlite::MAIN_DB), FileControl::SizeLimit(&mut limit))
+        .map_err(internal)?;
+    snap.conn.busy_timeout(busy).map_err(internal)?;
+    snap.conn
+        .execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
         .map_err(src_err)?;
 
     let too_large = |e: rusqlite::Error| match e.sqlite_error_code() {
@@ -183,13 +197,14 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     };
 
     // One read transaction: every row comes from the same committed state.
-    conn.execute_batch("BEGIN").map_err(internal)?;
-    let fingerprint = schema_fingerprint(&conn).map_err(src_err)?;
-    let graph = ScopeGraph::discover(&conn, req.scope)?;
+    snap.conn.execute_batch("BEGIN").map_err(internal)?;
+    let fingerprint = schema_fingerprint(&snap.conn).map_err(src_err)?;
+    let graph = ScopeGraph::discover(&snap.conn, req.scope)?;
     let mut tables_sql = Vec::new();
     let mut index_sql = Vec::new();
     {
-        let mut st = conn
+        let mut st = snap
+            .conn
             .prepare(
                 "SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL",
             )
@@ -211,27 +226,47 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
             }
         }
     }
+    if let Some((column, allowed)) = req.tenants {
+        let sql = format!(
+            "SELECT {} FROM src.{} WHERE {} = ?1",
+            ident(column),
+            ident(&graph.root().name),
+            ident(&req.scope.root_key)
+        );
+        let tenant: Option<String> = match snap.conn.query_row(&sql, [req.case_id], |r| r.get(0)) {
+            Ok(t) => t,
+            Err(rusqlite::Error::QueryReturnedNoRows) => None,
+            Err(e) => return Err(SnapshotError::Schema(format!("tenant column: {e}"))),
+        };
+        // Same answer as a missing case, so ids cannot be probed.
+        if !tenant.is_some_and(|t| allowed.contains(&t)) {
+            let _ = snap.conn.execute_batch("ROLLBACK");
+            return Err(SnapshotError::NotFound);
+        }
+    }
     for sql in &tables_sql {
-        conn.execute_batch(sql).map_err(too_large)?;
+        snap.conn.execute_batch(sql).map_err(too_large)?;
     }
     if !graph
-        .copy_root(&conn, &req.scope.root_key, req.case_id)
+        .copy_root(&snap.conn, &req.scope.root_key, req.case_id)
         .map_err(too_large)?
     {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = snap.conn.execute_batch("ROLLBACK");
         return Err(SnapshotError::NotFound);
     }
-    graph.copy_closure(&conn).map_err(too_large)?;
-    conn.execute_batch("COMMIT").map_err(too_large)?;
-    conn.execute_batch("DETACH DATABASE src")
+    graph.copy_closure(&snap.conn).map_err(too_large)?;
+    snap.conn.execute_batch("COMMIT").map_err(too_large)?;
+    snap.conn
+        .execute_batch("DETACH DATABASE src")
         .map_err(internal)?;
 
     for sql in &index_sql {
-        conn.execute_batch(sql).map_err(too_large)?;
+        snap.conn.execute_batch(sql).map_err(too_large)?;
     }
     let mut row_counts = Vec::new();
     for t in &graph.tables {
-        let n: i64 = conn
+        let n: i64 = snap
+            .conn
             .query_row(
                 &format!("SELECT count(*) FROM main.{}", ident(&t.name)),
                 [],
@@ -241,21 +276,20 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
         row_counts.push((t.name.clone(), n as u64));
     }
     row_counts.sort();
-    write_manifest(&conn, req, &fingerprint, &row_counts).map_err(too_large)?;
+    write_manifest(&snap.conn, req, &fingerprint, &row_counts).map_err(too_large)?;
 
-    let size: i64 = conn
+    let size: i64 = snap
+        .conn
         .query_row(
             "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
             [],
             |r| r.get(0),
         )
         .map_err(internal)?;
-    Ok(Snapshot {
-        conn,
-        size: size as u64,
-        row_counts,
-        source_schema_sha256: fingerprint,
-    })
+    snap.size = size as u64;
+    snap.row_counts = row_counts;
+    snap.source_schema_sha256 = fingerprint;
+    Ok(snap)
 }
 
 fn write_manifest(

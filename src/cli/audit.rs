@@ -1,0 +1,156 @@
+//! `audit`: verify the custody trail's chain and list its events.
+
+use super::{CliError, CliResult};
+use case_export::audit::{
+    ListFilter, list_events, open_log_read_only, read_checkpoints, verify_log,
+};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; exit 1 on any break, 2 if calls never ended.
+    Verify(VerifyArgs),
+    /// List events as a table or JSON lines.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The audit database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// A checkpoints file (JSON lines) to check the log against.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Hex Ed25519 public key the checkpoints must be signed with.
+    #[arg(long)]
+    pub public_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The audit database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Only events of this case.
+    #[arg(long = "case")]
+    pub case_id: Option<String>,
+    /// Only events of this principal.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only events at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit status of `audit verify` when the chain holds but calls never ended.
+pub const UNTERMINATED_EXIT: u8 = 2;
+
+pub fn run(a: AuditArgs) -> Result<u8, CliError> {
+    match a.command {
+        AuditCommand::Verify(v) => verify(v),
+        AuditCommand::List(l) => list(l).map(|_| 0),
+    }
+}
+
+fn verify(a: VerifyArgs) -> Result<u8, CliError> {
+    let conn = open_log_read_only(&a.db).map_err(|e| CliError::new(e.to_string()))?;
+    let checkpoints = match &a.checkpoint {
+        Some(p) => read_checkpoints(p).map_err(CliError::new)?,
+        None => Vec::new(),
+    };
+    let v = verify_log(&conn, &checkpoints, a.public_key.as_deref())
+        .map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(first) = v.problems.first() {
+        let more = v.problems.len() - 1;
+        let tail = if more > 0 {
+            format!(" (and {more} more problem(s))")
+        } else {
+            String::new()
+        };
+        return Err(CliError::new(format!(
+            "audit chain of {} is broken: {first}{tail}",
+            a.db.display()
+        )));
+    }
+    let cp = if checkpoints.is_empty() {
+        String::new()
+    } else {
+        format!(", {} checkpoint(s) match", v.checkpoints_ok)
+    };
+    println!(
+        "ok: log {} holds {} events, head {} at seq {}{cp}",
+        v.log_id, v.events, v.head_hash, v.last_seq
+    );
+    if v.unterminated.is_empty() {
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} call(s) started without an end (server stopped mid-call, or still running):",
+        v.unterminated.len()
+    )?;
+    for (seq, rid, case, export) in &v.unterminated {
+        writeln!(
+            out,
+            "  seq {seq}  request {rid}  case {}  export {}",
+            case.as_deref().unwrap_or("-"),
+            export.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(UNTERMINATED_EXIT)
+}
+
+fn list(a: ListArgs) -> CliResult {
+    let conn = open_log_read_only(&a.db).map_err(|e| CliError::new(e.to_string()))?;
+    let filter = ListFilter {
+        case_id: a.case_id,
+        principal: a.principal,
+        since: a.since,
+        ..Default::default()
+    };
+    let events = list_events(&conn, &filter).map_err(|e| CliError::new(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for (seq, e, hash) in &events {
+            let mut v = serde_json::to_value(e).map_err(|e| CliError::new(e.to_string()))?;
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("seq".into(), (*seq).into());
+                m.insert("hash".into(), hash.clone().into());
+            }
+            writeln!(out, "{v}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<30}  {:<12}  {:<18}  {:<16}  {:<36}  code",
+        "seq", "time", "kind", "principal", "on behalf of", "case"
+    )?;
+    for (seq, e, _) in &events {
+        writeln!(
+            out,
+            "{:>6}  {:<30}  {:<12}  {:<18}  {:<16}  {:<36}  {}",
+            seq,
+            e.ts,
+            e.kind.as_str(),
+            e.principal.as_deref().unwrap_or("-"),
+            e.on_behalf_of.as_deref().unwrap_or("-"),
+            e.case_id.as_deref().unwrap_or("-"),
+            e.code.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `AuditService`: the custody trail over gRPC, for the `auditor` role.
+//! Reads use their own read-only connection on a blocking thread.
+
+use crate::audit::{ListFilter, list_events, open_log_read_only, verify_log};
+use crate::pb::audit_service_server::AuditService;
+use crate::pb::{AuditEvent, ListEventsRequest, VerifyLogRequest, VerifyLogResponse};
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The gRPC audit service.
+#[derive(Clone)]
+pub struct AuditSvc {
+    pub(crate) audit_db: PathBuf,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    tracing::warn!(error = %e, "audit read failed");
+    Status::unavailable("the audit store cannot be read now; retry later")
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditSvc {
+    type ListEventsStream = ReceiverStream<Result<AuditEvent, Status>>;
+
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<Self::ListEventsStream>, Status> {
+        let r = request.into_inner();
+        let filter = ListFilter {
+            case_id: opt(r.case_id),
+            principal: opt(r.principal),
+            since: opt(r.since),
+            until: opt(r.until),
+            limit: (r.limit > 0).then_some(r.limit),
+        };
+        let path = self.audit_db.clone();
+        let events = tokio::task::spawn_blocking(move || {
+            let conn = open_log_read_only(&path)?;
+            list_events(&conn, &filter)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for (seq, e, hash) in events {
+                let msg = AuditEvent {
+                    seq,
+                    ts: e.ts,
+                    kind: e.kind.as_str().to_string(),
+                    request_id: e.request_id,
+                    method: e.method.unwrap_or_default(),
+                    principal: e.principal.unwrap_or_default(),
+                    on_behalf_of: e.on_behalf_of.unwrap_or_default(),
+                    peer: e.peer.unwrap_or_default(),
+                    tls_identity: e.tls_identity.unwrap_or_default(),
+                    case_id: e.case_id.unwrap_or_default(),
+                    export_id: e.export_id.unwrap_or_default(),
+                    purpose: e.purpose.unwrap_or_default(),
+                    code: e.code.unwrap_or_default(),
+                    detail: e.detail.unwrap_or_default(),
+                    instance: e.instance,
+                    version: e.version,
+                    hash,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn verify_log(
+        &self,
+        _request: Request<VerifyLogRequest>,
+    ) -> Result<Response<VerifyLogResponse>, Status> {
+        let path = self.audit_db.clone();
+        let v = tokio::task::spawn_blocking(move || {
+            let conn = open_log_read_only(&path)?;
+            verify_log(&conn, &[], None)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        Ok(Response::new(VerifyLogResponse {
+            ok: v.chain_ok(),
+            log_id: v.log_id.clone(),
+            events: v.events,
+            head_seq: v.last_seq,
+            head_hash: v.head_hash.clone(),
+            problems: v.problems.clone(),
+            unterminated: v.unterminated.iter().map(|u| u.1.clone()).collect(),
+        }))
+    }
+}

@@ -1,0 +1,298 @@
+//! The tower layer that sees how each call ends: the gRPC status in the
+//! headers (errors before the stream) or trailers, or the response being
+//! dropped before its end (the client went away). It writes exactly one
+//! terminal audit event per call.
+
+use crate::audit::{AuditError, AuditHandle, Event, Kind};
+use http_body::{Body, Frame};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// What the interceptor and handler learn about a call, for its end event.
+#[derive(Debug, Default, Clone)]
+pub struct CallInfo {
+    pub principal: Option<String>,
+    pub on_behalf_of: Option<String>,
+    pub tls_identity: Option<String>,
+    pub case_id: Option<String>,
+    pub export_id: Option<String>,
+    pub purpose: Option<String>,
+    pub denied: bool,
+    /// Extra fields for the terminal event (JSON object members).
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+type Ack = oneshot::Receiver<Result<u64, AuditError>>;
+
+/// Per-call context, placed in the request extensions by the layer.
+#[derive(Clone)]
+pub struct CallContext {
+    pub request_id: String,
+    pub method: String,
+    pub peer: Option<String>,
+    pub started_at: String,
+    info: Arc<Mutex<CallInfo>>,
+    ack: Arc<Mutex<Option<Ack>>>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("request_id", &self.request_id)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallContext {
+    fn new(method: &str, peer: Option<String>) -> Self {
+        let mut id = [0u8; 8];
+        let _ = getrandom::getrandom(&mut id);
+        Self {
+            request_id: hex::encode(id),
+            method: method.to_string(),
+            peer,
+            started_at: crate::audit::now_rfc3339(),
+            info: Arc::default(),
+            ack: Arc::default(),
+        }
+    }
+
+    /// Updates what the end event will say.
+    pub fn note(&self, f: impl FnOnce(&mut CallInfo)) {
+        f(&mut self.info.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// A copy of what is known so far.
+    pub fn info(&self) -> CallInfo {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_attempt_ack(&self, rx: Ack) {
+        *self.ack.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+    }
+
+    /// Waits until the attempt event is committed (fail closed).
+    pub async fn attempt_committed(&self) -> Result<u64, AuditError> {
+        let rx = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(Err(AuditError::Stopped)),
+            None => Err(AuditError::Stopped),
+        }
+    }
+
+    /// An event of `kind` carrying what is known of this call.
+    pub fn event(&self, kind: Kind) -> Event {
+        let i = self.info();
+        let mut e = Event::new(kind, self.request_id.clone());
+        e.method = Some(self.method.clone());
+        e.peer = self.peer.clone();
+        e.principal = i.principal;
+        e.on_behalf_of = i.on_behalf_of;
+        e.tls_identity = i.tls_identity;
+        e.case_id = i.case_id;
+        e.export_id = i.export_id;
+        e.purpose = i.purpose;
+        e
+    }
+}
+
+/// Canonical gRPC code names, as in the audit trail and docs.
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Writes the terminal event once: explicitly, or as `cancelled` on drop.
+struct Terminal {
+    ctx: CallContext,
+    audit: AuditHandle,
+    done: bool,
+}
+
+impl Terminal {
+    fn finish(&mut self, code: Option<Code>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let info = self.ctx.info();
+        let kind = match code {
+            None => Kind::Cancelled,
+            Some(_) if info.denied => Kind::Denied,
+            Some(Code::Ok) => Kind::Completed,
+            Some(_) => Kind::Failed,
+        };
+        let mut e = self.ctx.event(kind);
+        e.code = Some(code_name(code.unwrap_or(Code::Cancelled)).to_string());
+        let mut detail = info.detail;
+        detail.insert("started_at".into(), self.ctx.started_at.clone().into());
+        e.detail = Some(serde_json::Value::Object(detail).to_string());
+        // Queued without waiting: a cancelled call's end is still written.
+        self.audit.record(e);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(Code::from)
+}
+
+/// Adds audit end events to the calls of this crate's services.
+#[derive(Clone)]
+pub struct AuditLayer {
+    pub audit: AuditHandle,
+}
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = AuditService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditService {
+            inner,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service `AuditLayer` makes.
+#[derive(Clone)]
+pub struct AuditService<S> {
+    inner: S,
+    audit: AuditHandle,
+}
+
+fn peer_of<B>(req: &http::Request<B>) -> Option<String> {
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|c| c.get_ref().remote_addr())
+        })
+        .map(|a| a.to_string())
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body + Unpin,
+{
+    type Response = http::Response<AuditBody<ResBody>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        if !path.starts_with("/case_export.") {
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                fut.await.map(|r| {
+                    r.map(|b| AuditBody {
+                        inner: b,
+                        terminal: None,
+                    })
+                })
+            });
+        }
+        let ctx = CallContext::new(&path, peer_of(&req));
+        req.extensions_mut().insert(ctx.clone());
+        let mut terminal = Terminal {
+            ctx,
+            audit: self.audit.clone(),
+            done: false,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            // If this future is dropped first, `terminal` records the cancel.
+            let resp = fut.await?;
+            if let Some(code) = status_of(resp.headers()) {
+                terminal.finish(Some(code));
+                return Ok(resp.map(|b| AuditBody {
+                    inner: b,
+                    terminal: None,
+                }));
+            }
+            Ok(resp.map(|b| AuditBody {
+                inner: b,
+                terminal: Some(terminal),
+            }))
+        })
+    }
+}
+
+/// A response body that records the call's end from its trailers, or its
+/// cancellation when dropped first.
+pub struct AuditBody<B> {
+    inner: B,
+    terminal: Option<Terminal>,
+}
+
+impl<B: Body + Unpin> Body for AuditBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(t) = this.terminal.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        t.finish(Some(status_of(trailers).unwrap_or(Code::Unknown)));
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => t.finish(Some(Code::Internal)),
+                Poll::Ready(None) => t.finish(Some(Code::Unknown)),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
