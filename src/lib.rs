@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod client;
+pub mod metrics;
 pub mod pb;
 pub mod seal;
 pub mod seed;

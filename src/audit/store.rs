@@ -413,6 +413,8 @@ fn writer_loop(
             } else {
                 append(&mut conn, &head, &events)
             };
+            let m = crate::metrics::metrics();
+            m.audit_write_seconds.observe(t0.elapsed().as_secs_f64());
             match result {
                 Ok(h) => {
                     let first = head.seq + 1;
@@ -434,6 +436,7 @@ fn writer_loop(
                 }
                 Err(e) => {
                     broken = true;
+                    m.audit_write_failures.inc();
                     if state.healthy.swap(false, Ordering::SeqCst) {
                         tracing::error!(error = %e, queued = pending.len(), "audit store cannot write; keys are withheld until it can");
                     }

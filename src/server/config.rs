@@ -47,6 +47,11 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
     /// Exports allowed to run at once; more get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// Bytes of snapshots (and their stream buffers) all exports together
+    /// may hold; an export waits for room, then gets RESOURCE_EXHAUSTED.
+    pub memory_budget_bytes: u64,
+    /// How long an export waits for room in the memory budget.
+    pub budget_wait_ms: u64,
     /// Sealing threads per export; 0 means one per core.
     pub seal_workers: usize,
     /// Sealed chunks buffered per export between sealer and network.
@@ -59,6 +64,11 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Listening on a non-loopback address without TLS must be asked for.
     pub allow_plaintext: bool,
+    /// Address of the Prometheus `/metrics` listener; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Address of a plaintext listener serving only the health service,
+    /// for probes that cannot speak TLS; off when unset.
+    pub health_listen: Option<SocketAddr>,
     /// Case scope: root table, key column, excluded tables.
     pub scope: ScopeConfig,
     /// Column of the root table naming a case's tenant, for principals
@@ -150,12 +160,16 @@ impl Default for Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_snapshot_bytes: 1 << 30,
             max_in_flight: 8,
+            memory_budget_bytes: 4 << 30,
+            budget_wait_ms: 10_000,
             seal_workers: 0,
             channel_depth: 8,
             busy_timeout_ms: 5_000,
             shutdown_grace_secs: 30,
             max_request_bytes: 16 * 1024,
             allow_plaintext: false,
+            metrics_listen: None,
+            health_listen: None,
             scope: ScopeConfig::default(),
             tenant_column: "tenant".into(),
             instance_id: String::new(),
@@ -214,6 +228,14 @@ impl Config {
             return v(
                 "chunk_size",
                 format!("must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"),
+            );
+        }
+        if self.memory_budget_bytes < self.max_snapshot_bytes + self.stream_buffer_bytes() {
+            return v(
+                "memory_budget_bytes",
+                "must be at least max_snapshot_bytes plus one export's stream buffers \
+                 (channel_depth * chunk_size * 1.4)"
+                    .into(),
             );
         }
         if self.max_in_flight == 0 {
@@ -282,6 +304,18 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
+    }
+
+    /// Bytes one export holds besides its snapshot: sealed chunks queued
+    /// for the network and one chunk per sealing worker.
+    pub fn stream_buffer_bytes(&self) -> u64 {
+        let token = crate::seal::token_len(self.chunk_size + crate::seal::CHUNK_HEADER_LEN) as u64;
+        (self.channel_depth as u64 + 2 * self.seal_workers() as u64 + 1) * token
+    }
+
+    /// The budget wait as a duration.
+    pub fn budget_wait(&self) -> Duration {
+        Duration::from_millis(self.budget_wait_ms)
     }
 
     /// The busy timeout as a duration.

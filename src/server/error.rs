@@ -18,6 +18,9 @@ pub enum ExportError {
     /// Too many exports in flight.
     #[error("too many exports in flight (limit {0}); retry later")]
     Exhausted(usize),
+    /// No room in the memory budget within the wait.
+    #[error("the server's memory budget for exports is in use; retry later")]
+    MemoryBusy,
     /// The case database cannot be read now.
     #[error("{0}")]
     SourceUnavailable(String),
@@ -39,7 +42,7 @@ impl ExportError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound => Code::NotFound,
             Self::TooLarge(_) => Code::FailedPrecondition,
-            Self::Exhausted(_) => Code::ResourceExhausted,
+            Self::Exhausted(_) | Self::MemoryBusy => Code::ResourceExhausted,
             Self::SourceUnavailable(_) | Self::ShuttingDown | Self::AuditUnavailable => {
                 Code::Unavailable
             }

@@ -35,6 +35,7 @@ pub struct CallContext {
     pub method: String,
     pub peer: Option<String>,
     pub started_at: String,
+    started: std::time::Instant,
     info: Arc<Mutex<CallInfo>>,
     ack: Arc<Mutex<Option<Ack>>>,
 }
@@ -57,6 +58,7 @@ impl CallContext {
             method: method.to_string(),
             peer,
             started_at: crate::audit::now_rfc3339(),
+            started: std::time::Instant::now(),
             info: Arc::default(),
             ack: Arc::default(),
         }
@@ -145,7 +147,16 @@ impl Terminal {
             Some(_) => Kind::Failed,
         };
         let mut e = self.ctx.event(kind);
-        e.code = Some(code_name(code.unwrap_or(Code::Cancelled)).to_string());
+        let code_text = code_name(code.unwrap_or(Code::Cancelled));
+        e.code = Some(code_text.to_string());
+        if self.ctx.method.ends_with("/ExportCase") {
+            let m = crate::metrics::metrics();
+            m.finished(kind.as_str(), code_text);
+            if kind == Kind::Completed {
+                m.export_duration
+                    .observe(self.ctx.started.elapsed().as_secs_f64());
+            }
+        }
         let mut detail = info.detail;
         detail.insert("started_at".into(), self.ctx.started_at.clone().into());
         e.detail = Some(serde_json::Value::Object(detail).to_string());

@@ -3,9 +3,11 @@
 
 mod audit_svc;
 mod auth;
+mod budget;
 mod config;
 mod error;
 mod layer;
+mod probes;
 mod service;
 
 pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
@@ -42,7 +44,10 @@ pub(crate) struct ServerState {
     pub draining: AtomicBool,
     /// Set when the grace period is over: end exports still running.
     pub hard_stop: AtomicBool,
+    /// The same, for producers waiting on a slow client.
+    pub hard_stop_rx: watch::Receiver<bool>,
     pub audit: AuditHandle,
+    pub budget: Arc<budget::MemoryBudget>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -139,12 +144,15 @@ pub async fn serve_on(
             .to_string(),
     );
     audit.commit(start).await?;
+    let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: config.clone(),
         draining: AtomicBool::new(false),
         hard_stop: AtomicBool::new(false),
+        hard_stop_rx,
         audit: audit.clone(),
+        budget: budget::MemoryBudget::new(config.memory_budget_bytes),
     });
     let authn = Arc::new(Authenticator::new(&config.principals));
     if config.principals.is_empty() {
@@ -190,10 +198,45 @@ pub async fn serve_on(
             needs_on_behalf_of: false,
         },
     );
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            info!(addr = %l.local_addr().unwrap_or(addr), "metrics listening on /metrics");
+            Some(tokio::spawn(probes::serve_metrics(
+                l,
+                state.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let health_task = match config.health_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            info!(addr = %l.local_addr().unwrap_or(addr), "plaintext health listening");
+            let svc = tonic_health::pb::health_server::HealthServer::new(
+                tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+            );
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let _ = Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    })
+                    .await;
+            }))
+        }
+        None => None,
+    };
     let monitor = tokio::spawn(health_monitor(state.clone(), health_reporter.clone()));
 
     let local = listener.local_addr().ok();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
     let grace = config.shutdown_grace();
     let st = state.clone();
     let reporter = health_reporter.clone();
@@ -216,6 +259,7 @@ pub async fn serve_on(
                 warn!("grace period over: ending exports still in flight");
             }
             st2.hard_stop.store(true, Ordering::SeqCst);
+            let _ = hard_stop_tx.send(true);
         });
     };
     let mut builder = Server::builder();
@@ -251,6 +295,9 @@ pub async fn serve_on(
         } => warn!("connections still open after the grace period; exiting"),
     }
     monitor.abort();
+    for t in [metrics_task, health_task].into_iter().flatten() {
+        t.abort();
+    }
     drop(state);
     writer.shutdown();
     info!("server stopped");

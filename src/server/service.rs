@@ -58,6 +58,7 @@ impl ExportService for ExportSvc {
             warn!(request_id = %ctx.request_id, error = %e, "attempt not recorded; export refused");
             return Err(ExportError::AuditUnavailable.into());
         }
+        crate::metrics::metrics().exports_started.inc();
         validate_case_id(&req.case_id)?;
         validate_purpose(&req.purpose)?;
         ctx.note(|i| {
@@ -92,6 +93,23 @@ impl ExportService for ExportSvc {
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|_| ExportError::Internal(eid.clone()))?;
         let cfg = st.config.clone();
+        // The snapshot cannot outgrow twice its source (it is a subset with
+        // the same indexes), so a small source need not reserve the ceiling.
+        let source_size = tokio::fs::metadata(&cfg.case_db)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let snapshot_limit = cfg
+            .max_snapshot_bytes
+            .min(source_size.saturating_mul(2).saturating_add(16 << 20));
+        let mut reservation = st
+            .budget
+            .reserve(
+                snapshot_limit + cfg.stream_buffer_bytes(),
+                cfg.budget_wait(),
+            )
+            .await
+            .ok_or(ExportError::MemoryBusy)?;
         let case_id = req.case_id.clone();
         let created = created_at.clone();
         let tenants = principal.and_then(|p| p.tenants);
@@ -103,7 +121,7 @@ impl ExportService for ExportSvc {
                 scope: &cfg.scope,
                 export_id,
                 created_at: &created,
-                max_bytes: cfg.max_snapshot_bytes,
+                max_bytes: snapshot_limit,
                 busy_timeout: cfg.busy_timeout(),
             })
         })
@@ -119,6 +137,10 @@ impl ExportService for ExportSvc {
             }
         };
 
+        reservation.shrink_to(snapshot.len() + st.config.stream_buffer_bytes());
+        crate::metrics::metrics()
+            .snapshot_size
+            .observe(snapshot.len() as f64);
         let chunk_size = st.config.chunk_size;
         let header = ExportHeader {
             export_id: eid.clone(),
@@ -147,18 +169,24 @@ impl ExportService for ExportSvc {
         let (tx, rx) = mpsc::channel(st.config.channel_depth);
         let workers = st.config.seal_workers();
         let producer_span = span.clone();
+        let mut out = Outbox {
+            tx,
+            hard: st.hard_stop_rx.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
         tokio::task::spawn_blocking(move || {
             let _enter = producer_span.enter();
             // Held until the producer ends, however it ends.
             let _permit = permit;
-            if tx.blocking_send(msg(Msg::Header(header))).is_err() {
-                info!("client went away before the first chunk");
+            let _reservation = reservation;
+            if out.send(msg(Msg::Header(header))).is_err() {
+                info!("client went away or shutdown before the first chunk");
                 return;
             }
             let key = match SecretKey::generate() {
                 Ok(k) => k,
                 Err(_) => {
-                    let _ = tx.blocking_send(Err(ExportError::Internal(eid.clone()).into()));
+                    out.fail(ExportError::Internal(eid.clone()).into());
                     return;
                 }
             };
@@ -166,11 +194,10 @@ impl ExportService for ExportSvc {
             let state = st.clone();
             let sealed = snapshot.with_bytes(|bytes| {
                 sealer.seal(bytes, |index, token| {
-                    if state.hard_stop.load(Ordering::SeqCst) {
-                        return Err(Stop::Shutdown);
-                    }
-                    tx.blocking_send(msg(Msg::Chunk(EncryptedChunk { index, token })))
-                        .map_err(|_| Stop::ClientGone)
+                    let n = token.len() as u64 + 1;
+                    out.send(msg(Msg::Chunk(EncryptedChunk { index, token })))?;
+                    crate::metrics::metrics().bytes_streamed.inc_by(n);
+                    Ok(())
                 })
             });
             let summary = match sealed {
@@ -181,12 +208,12 @@ impl ExportService for ExportSvc {
                 }
                 Ok(Err(Stop::Shutdown)) => {
                     warn!("export ended by shutdown");
-                    let _ = tx.blocking_send(Err(ExportError::ShuttingDown.into()));
+                    out.fail(ExportError::ShuttingDown.into());
                     return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "serializing the snapshot failed");
-                    let _ = tx.blocking_send(Err(ExportError::Internal(eid.clone()).into()));
+                    out.fail(ExportError::Internal(eid.clone()).into());
                     return;
                 }
             };
@@ -215,7 +242,7 @@ impl ExportService for ExportSvc {
                 .unwrap_or(Err(crate::audit::AuditError::Stopped));
             if let Err(e) = committed {
                 tracing::error!(error = %e, "custody record not committed; key withheld");
-                let _ = tx.blocking_send(Err(ExportError::AuditUnavailable.into()));
+                out.fail(ExportError::AuditUnavailable.into());
                 return;
             }
             let fernet_key = key.expose_fernet_key();
@@ -226,7 +253,7 @@ impl ExportService for ExportSvc {
                 ciphertext_size: summary.ciphertext_size,
                 warning: KEY_WARNING.to_string(),
             };
-            if tx.blocking_send(msg(Msg::Key(key_msg))).is_err() {
+            if out.send(msg(Msg::Key(key_msg))).is_err() {
                 info!("client went away before the key; export cancelled");
                 return;
             }
@@ -238,6 +265,31 @@ impl ExportService for ExportSvc {
             );
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The producer's side of the stream: sends wait for the client, and give
+/// up when it goes away or when the shutdown grace period ends.
+struct Outbox {
+    tx: mpsc::Sender<Result<ExportCaseResponse, Status>>,
+    hard: tokio::sync::watch::Receiver<bool>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Outbox {
+    fn send(&mut self, m: Result<ExportCaseResponse, Status>) -> Result<(), Stop> {
+        let Outbox { tx, hard, rt } = self;
+        rt.block_on(async {
+            tokio::select! {
+                r = tx.send(m) => r.map_err(|_| Stop::ClientGone),
+                _ = hard.wait_for(|v| *v) => Err(Stop::Shutdown),
+            }
+        })
+    }
+
+    /// Ends the stream with an error status, if there is room for it.
+    fn fail(&self, s: Status) {
+        let _ = self.tx.try_send(Err(s));
     }
 }
 

@@ -289,7 +289,9 @@ impl ScopeGraph {
             .from
             .iter()
             .zip(&fk.to)
-            .map(|(f, p)| format!("s.{} = p.{}", ident(f), ident(p)))
+            // Parent first: SQLite matches a foreign key with the parent
+            // key's collation, and `=` takes the left operand's.
+            .map(|(f, p)| format!("p.{} = s.{}", ident(p), ident(f)))
             .collect();
         let mut conds = Vec::new();
         for (oi, other) in t.fks.iter().enumerate() {

@@ -1,0 +1,114 @@
+//! Prometheus metrics: one process-wide registry, served in the text
+//! exposition format at `/metrics` on `metrics_listen`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::{Mutex, OnceLock};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub exports_started: Counter,
+    pub exports_finished: Family<Labels, Counter>,
+    pub bytes_streamed: Counter,
+    pub export_duration: Histogram,
+    pub snapshot_size: Histogram,
+    pub exports_in_flight: Gauge,
+    pub snapshot_bytes_held: Gauge,
+    pub audit_write_seconds: Histogram,
+    pub audit_write_failures: Counter,
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut r = Registry::with_prefix("case_export");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            exports_started: Counter::default(),
+            exports_finished: Family::default(),
+            bytes_streamed: Counter::default(),
+            export_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            snapshot_size: Histogram::new(exponential_buckets(64.0 * 1024.0, 2.0, 16)),
+            exports_in_flight: Gauge::default(),
+            snapshot_bytes_held: Gauge::default(),
+            audit_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            audit_write_failures: Counter::default(),
+        };
+        r.register(
+            "exports_started",
+            "Export calls that passed authentication",
+            m.exports_started.clone(),
+        );
+        r.register(
+            "exports_finished",
+            "Export calls by outcome (completed, cancelled, failed, denied) and gRPC code",
+            m.exports_finished.clone(),
+        );
+        r.register(
+            "bytes_streamed",
+            "Ciphertext bytes sent in chunk messages",
+            m.bytes_streamed.clone(),
+        );
+        r.register(
+            "export_duration_seconds",
+            "Time from call to its end, for completed exports",
+            m.export_duration.clone(),
+        );
+        r.register(
+            "snapshot_size_bytes",
+            "Size of built snapshots",
+            m.snapshot_size.clone(),
+        );
+        r.register(
+            "exports_in_flight",
+            "Exports running now",
+            m.exports_in_flight.clone(),
+        );
+        r.register(
+            "snapshot_bytes_held",
+            "Bytes of the memory budget reserved by running exports",
+            m.snapshot_bytes_held.clone(),
+        );
+        r.register(
+            "audit_write_seconds",
+            "Latency of audit batch commits",
+            m.audit_write_seconds.clone(),
+        );
+        r.register(
+            "audit_write_failures",
+            "Audit batch commits that failed (events kept and retried)",
+            m.audit_write_failures.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
+    })
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &r);
+        out
+    }
+
+    /// Counts one finished export call.
+    pub fn finished(&self, outcome: &str, code: &str) {
+        self.exports_finished
+            .get_or_create(&vec![
+                ("outcome", outcome.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+}

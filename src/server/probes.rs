@@ -1,0 +1,62 @@
+//! Side listeners: Prometheus `/metrics` over HTTP/1, and the gRPC health
+//! service alone in plaintext for probes that cannot speak TLS.
+
+use super::ServerState;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn respond(st: &ServerState, path: &str) -> http::Response<Full<Bytes>> {
+    if path != "/metrics" {
+        let mut r =
+            http::Response::new(Full::new(Bytes::from_static(b"not found: try /metrics\n")));
+        *r.status_mut() = http::StatusCode::NOT_FOUND;
+        return r;
+    }
+    let m = crate::metrics::metrics();
+    let running = st.config.max_in_flight - st.in_flight.available_permits();
+    m.exports_in_flight.set(running as i64);
+    m.snapshot_bytes_held
+        .set(i64::try_from(st.budget.held()).unwrap_or(i64::MAX));
+    let mut r = http::Response::new(Full::new(Bytes::from(m.encode())));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
+
+/// Serves `/metrics` until `stop` turns true.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    st: Arc<ServerState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let Ok((stream, _)) = acc else { continue };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let r = respond(&st, req.uri().path());
+                        async move { Ok::<_, Infallible>(r) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        if st.hard_stop.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
