@@ -33,6 +33,12 @@ pub struct ServeArgs {
     /// Sealing threads per export (0: one per core).
     #[arg(long, env = "CASE_EXPORT_SEAL_WORKERS")]
     pub seal_workers: Option<usize>,
+    /// Names this server in audit events (e.g. the pod name).
+    #[arg(long, env = "CASE_EXPORT_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "CASE_EXPORT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Grace period for in-flight exports at shutdown, in seconds.
     #[arg(long, env = "CASE_EXPORT_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -65,6 +71,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.seal_workers {
             c.seal_workers = v;
+        }
+        if let Some(v) = &self.instance_id {
+            c.instance_id = v.clone();
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = Some(v);
         }
         if let Some(v) = self.shutdown_grace_secs {
             c.shutdown_grace_secs = v;

@@ -4,7 +4,7 @@
 
 use crate::seal::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::snapshot::ScopeConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub enum ConfigError {
 }
 
 /// The whole server configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// gRPC listen address.
@@ -82,10 +82,20 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who may call, and with which roles.
     pub principals: Vec<PrincipalConfig>,
+    /// A TOML file of further `[[principals]]` (e.g. a mounted secret).
+    pub principals_file: Option<PathBuf>,
+}
+
+/// The file named by `principals_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalsFile {
+    #[serde(default)]
+    principals: Vec<PrincipalConfig>,
 }
 
 /// Server certificate, key and (for mTLS) the client CA, as PEM files.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -96,7 +106,7 @@ pub struct TlsConfig {
 }
 
 /// Checkpoints of the audit chain.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Seconds between checkpoints (also one at shutdown).
@@ -118,7 +128,7 @@ impl Default for AuditConfig {
 }
 
 /// A role a principal can hold.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// May call ExportService.
@@ -138,7 +148,7 @@ impl Role {
 
 /// One caller: a service token (stored as its SHA-256) and/or a client
 /// certificate identity.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
     pub name: String,
@@ -176,6 +186,7 @@ impl Default for Config {
             tls: None,
             audit: AuditConfig::default(),
             principals: Vec::new(),
+            principals_file: None,
         }
     }
 }
@@ -218,7 +229,26 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let mut cfg = Self::from_toml(&text, path)?;
+        cfg.load_principals_file()?;
+        Ok(cfg)
+    }
+
+    /// Adds the principals of `principals_file`, if set.
+    pub fn load_principals_file(&mut self) -> Result<(), ConfigError> {
+        let Some(p) = self.principals_file.clone() else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let more: PrincipalsFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
+            message: one_line(&text, &e),
+        })?;
+        self.principals.extend(more.principals);
+        self.validate()
     }
 
     /// Checks ranges that types cannot express.
