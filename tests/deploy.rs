@@ -191,10 +191,12 @@ fn secret_provides_every_file_the_config_reads_from_it() {
 #[test]
 fn example_config_documents_every_key() {
     let example = read("deploy/config.example.toml");
-    let mut full = Config::default();
-    full.metrics_listen = Some("127.0.0.1:9090".parse().unwrap());
-    full.health_listen = Some("127.0.0.1:50052".parse().unwrap());
-    full.principals_file = Some("p.toml".into());
+    let full = Config {
+        metrics_listen: Some("127.0.0.1:9090".parse().unwrap()),
+        health_listen: Some("127.0.0.1:50052".parse().unwrap()),
+        principals_file: Some("p.toml".into()),
+        ..Config::default()
+    };
     let text = toml::to_string(&full).expect("config serializes");
     let value: toml::Table = text.parse().expect("toml");
     for (k, v) in &value {
