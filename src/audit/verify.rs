@@ -94,6 +94,7 @@ pub fn verify_log(
     let mut expected = 1u64;
     let mut hashes: BTreeMap<u64, String> = BTreeMap::new();
     let mut open: BTreeMap<String, (u64, Option<String>, Option<String>)> = BTreeMap::new();
+    let mut ended: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut st = conn
         .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
         .map_err(db_err)?;
@@ -131,6 +132,9 @@ pub fn verify_log(
         hashes.insert(seq, hash_hex.clone());
         v.head_hash = hash_hex;
         match e.kind {
+            // A custody record can land after the call's end when the client
+            // left just before the key: it does not reopen the call.
+            Kind::Attempt | Kind::Started | Kind::Sealed if ended.contains(&e.request_id) => {}
             Kind::Attempt | Kind::Started | Kind::Sealed => {
                 let entry = open
                     .entry(e.request_id.clone())
@@ -144,12 +148,26 @@ pub fn verify_log(
             }
             k if k.is_terminal() => {
                 open.remove(&e.request_id);
+                ended.insert(e.request_id.clone());
             }
             _ => {}
         }
     }
     for c in checkpoints {
+        // A checkpoint of another log means this is not the log that was
+        // anchored (rebuilt or replaced).
         if c.log_id != v.log_id {
+            v.problems.push(format!(
+                "checkpoint at {} belongs to log {}, not to this log {}",
+                c.seq, c.log_id, v.log_id
+            ));
+            continue;
+        }
+        if public_key.is_some() && c.signature.is_none() {
+            v.problems.push(format!(
+                "checkpoint at {} is unsigned but a public key was given",
+                c.seq
+            ));
             continue;
         }
         if let Err(e) = c.verify_signature(public_key) {
@@ -206,12 +224,13 @@ pub fn list_events(
         sql.push_str(" AND principal = ?");
         args.push(Value::Text(p.clone()));
     }
+    // Compared as instants, whatever the fraction digits of either side.
     if let Some(s) = &f.since {
-        sql.push_str(" AND ts >= ?");
+        sql.push_str(" AND julianday(ts) >= julianday(?)");
         args.push(Value::Text(s.clone()));
     }
     if let Some(u) = &f.until {
-        sql.push_str(" AND ts < ?");
+        sql.push_str(" AND julianday(ts) < julianday(?)");
         args.push(Value::Text(u.clone()));
     }
     sql.push_str(" ORDER BY seq");

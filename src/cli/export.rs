@@ -98,6 +98,12 @@ pub fn run(a: ExportArgs) -> CliResult {
             k.display()
         )));
     }
+    if !a.out.is_dir() {
+        return Err(CliError::new(format!(
+            "output directory {} does not exist: create it or choose another --out",
+            a.out.display()
+        )));
+    }
     let rt = runtime()?;
     let receipt = rt.block_on(async {
         let mut client = ExportClient::connect_with(&a.server, options(&a)?)

@@ -104,15 +104,21 @@ pub fn harden_process() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so that a signal sent
+/// right after the "listening on" line stops the server gracefully instead
+/// of killing it, and resolves on either. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},
@@ -123,10 +129,10 @@ pub async fn shutdown_signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -139,10 +145,12 @@ pub fn serve_config(config: Config) -> CliResult {
             .await
             .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr()?;
+        // Before the announcement: whoever reads it may signal at once.
+        let shutdown = shutdown_signal();
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")?;
         stdout.flush()?;
-        server::serve_on(config, listener, shutdown_signal())
+        server::serve_on(config, listener, shutdown)
             .await
             .map_err(|e| CliError::new(e.to_string()))
     })

@@ -95,10 +95,12 @@ impl ExportService for ExportSvc {
         let cfg = st.config.clone();
         // The snapshot cannot outgrow twice its source (it is a subset with
         // the same indexes), so a small source need not reserve the ceiling.
-        let source_size = tokio::fs::metadata(&cfg.case_db)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let mut wal = cfg.case_db.clone().into_os_string();
+        wal.push("-wal");
+        let mut source_size = 0;
+        for p in [cfg.case_db.as_os_str(), wal.as_os_str()] {
+            source_size += tokio::fs::metadata(p).await.map(|m| m.len()).unwrap_or(0);
+        }
         let snapshot_limit = cfg
             .max_snapshot_bytes
             .min(source_size.saturating_mul(2).saturating_add(16 << 20));
@@ -166,11 +168,16 @@ impl ExportService for ExportSvc {
             .iter()
             .map(|(t, n)| (t.clone(), (*n).into()))
             .collect();
-        let (tx, rx) = mpsc::channel(st.config.channel_depth);
+        // One slot more than the depth, kept from the start for the status
+        // that ends a failed stream: it is then queued behind the chunks even
+        // when the client is slow and the grace period is over.
+        let (tx, rx) = mpsc::channel(st.config.channel_depth + 1);
+        let end_slot = tx.clone().try_reserve_owned().ok();
         let workers = st.config.seal_workers();
         let producer_span = span.clone();
         let mut out = Outbox {
             tx,
+            end_slot,
             hard: st.hard_stop_rx.clone(),
             rt: tokio::runtime::Handle::current(),
         };
@@ -233,6 +240,10 @@ impl ExportService for ExportSvc {
                     i.detail.extend(m.clone());
                 }
             });
+            if out.tx.is_closed() {
+                info!("client went away before the key; export cancelled");
+                return;
+            }
             let mut sealed = ctx.event(Kind::Sealed);
             sealed.detail = Some(detail.to_string());
             let committed = state
@@ -272,13 +283,15 @@ impl ExportService for ExportSvc {
 /// up when it goes away or when the shutdown grace period ends.
 struct Outbox {
     tx: mpsc::Sender<Result<ExportCaseResponse, Status>>,
+    /// The slot reserved for an error status (see `fail`).
+    end_slot: Option<mpsc::OwnedPermit<Result<ExportCaseResponse, Status>>>,
     hard: tokio::sync::watch::Receiver<bool>,
     rt: tokio::runtime::Handle,
 }
 
 impl Outbox {
     fn send(&mut self, m: Result<ExportCaseResponse, Status>) -> Result<(), Stop> {
-        let Outbox { tx, hard, rt } = self;
+        let Outbox { tx, hard, rt, .. } = self;
         rt.block_on(async {
             tokio::select! {
                 r = tx.send(m) => r.map_err(|_| Stop::ClientGone),
@@ -287,9 +300,17 @@ impl Outbox {
         })
     }
 
-    /// Ends the stream with an error status, if there is room for it.
-    fn fail(&self, s: Status) {
-        let _ = self.tx.try_send(Err(s));
+    /// Ends the stream with an error status. A stream that ends without it
+    /// ends OK with no key (and is audited `completed`), so the status goes
+    /// into the slot reserved for it, which never waits, not even after a
+    /// hard stop (when `send` gives up at once). Without that slot it waits
+    /// for room as `send` does.
+    fn fail(&mut self, s: Status) {
+        if let Some(slot) = self.end_slot.take() {
+            slot.send(Err(s));
+        } else if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(Err(s)) {
+            let _ = self.send(m);
+        }
     }
 }
 
