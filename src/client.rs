@@ -204,6 +204,12 @@ impl ExportClient {
             r.metadata_mut().insert("authorization", v);
         }
         if let Some(o) = &self.on_behalf_of {
+            if !o.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(ClientError::InvalidArgument(
+                    "on-behalf-of must be printable ASCII (metadata cannot carry it otherwise)"
+                        .into(),
+                ));
+            }
             let v = o.parse().map_err(|_| {
                 ClientError::InvalidArgument(
                     "on-behalf-of must be printable ASCII (metadata cannot carry it otherwise)"
@@ -365,7 +371,7 @@ fn private_mode() -> std::fs::Permissions {
 }
 
 /// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

@@ -234,7 +234,6 @@ fn systemd_unit_is_hardened_and_matches_paths() {
         "ExecStart=/usr/local/bin/case-export serve --config /etc/case-export/config.toml",
         "DynamicUser=yes",
         "StateDirectory=case-export",
-        "Environment=CASE_EXPORT_AUDIT_DB=/var/lib/case-export/audit.db",
         "ProtectSystem=strict",
         "PrivateTmp=yes",
         "NoNewPrivileges=yes",

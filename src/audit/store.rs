@@ -47,6 +47,9 @@ CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_event
 BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_events_no_replace BEFORE INSERT ON audit_events
+WHEN EXISTS (SELECT 1 FROM audit_events WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_meta_no_update BEFORE UPDATE ON audit_meta
 BEGIN SELECT RAISE(ABORT, 'audit_meta is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_meta_no_delete BEFORE DELETE ON audit_meta
@@ -65,7 +68,7 @@ pub enum AuditError {
     #[error("cannot open the audit database {path}: {message}")]
     Open { path: PathBuf, message: String },
     /// A write failed; the event stays queued and is retried.
-    #[error("the audit store cannot write ({0}); retrying")]
+    #[error("the audit store cannot write: {0}")]
     Write(String),
     /// The writer is gone (shutting down).
     #[error("the audit writer has stopped")]
@@ -478,7 +481,9 @@ fn emit_checkpoint(head: &Head, cp: &CheckpointConfig) -> Option<Checkpoint> {
         log_id = %c.log_id,
         seq = c.seq,
         head = %c.head_hash,
-        signed = c.signature.is_some(),
+        ts = %c.ts,
+        public_key = c.public_key.as_deref().unwrap_or(""),
+        signature = c.signature.as_deref().unwrap_or(""),
         "audit checkpoint"
     );
     if let Some(file) = &cp.file

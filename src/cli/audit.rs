@@ -16,7 +16,7 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain; exit 1 on any break, 2 if calls never ended.
+    /// Recompute the hash chain; exit 1 on any break, 3 if calls never ended.
     Verify(VerifyArgs),
     /// List events as a table or JSON lines.
     List(ListArgs),
@@ -55,7 +55,7 @@ pub struct ListArgs {
 }
 
 /// Exit status of `audit verify` when the chain holds but calls never ended.
-pub const UNTERMINATED_EXIT: u8 = 2;
+pub const UNTERMINATED_EXIT: u8 = 3;
 
 pub fn run(a: AuditArgs) -> Result<u8, CliError> {
     match a.command {

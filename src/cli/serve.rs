@@ -114,15 +114,18 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            // No reload exists; a hangup stops gracefully instead of killing.
+            signal(SignalKind::hangup()),
         )
     };
     async move {
         #[cfg(unix)]
         match handlers {
-            (Ok(mut term), Ok(mut int)) => {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                 tokio::select! {
                     _ = term.recv() => {},
                     _ = int.recv() => {},
+                    _ = hup.recv() => {},
                 }
             }
             _ => {
@@ -152,7 +155,7 @@ pub fn serve_config(config: Config) -> CliResult {
         stdout.flush()?;
         server::serve_on(config, listener, shutdown)
             .await
-            .map_err(|e| CliError::new(e.to_string()))
+            .map_err(|e| CliError::new(case_export::client::error_chain(&e)))
     })
 }
 

@@ -190,8 +190,18 @@ impl tonic::service::Interceptor for AuthInterceptor {
             );
         }
         if self.needs_on_behalf_of {
+            let present = req.metadata().contains_key(ON_BEHALF_OF);
             match &on_behalf_of {
                 Some(v) if valid_on_behalf_of(v) => {}
+                None if present => {
+                    return deny(
+                        ev,
+                        Status::invalid_argument(format!(
+                            "{ON_BEHALF_OF} must be printable ASCII (1 to 200 characters)"
+                        )),
+                        "malformed on-behalf-of",
+                    );
+                }
                 _ => {
                     return deny(
                         ev,

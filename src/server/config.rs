@@ -15,8 +15,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
@@ -213,7 +213,16 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
 }
 
 impl Config {
-    /// Parses a TOML document; errors name the key and line.
+    /// Parses a TOML document without range checks (flags may still
+    /// change values before `validate`).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(text, &e),
+        })
+    }
+
+    /// Parses and validates a TOML document; errors name the key and line.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -229,7 +238,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg = Self::from_toml(&text, path)?;
+        let mut cfg = Self::parse(&text, path)?;
         cfg.load_principals_file()?;
         Ok(cfg)
     }
@@ -248,7 +257,7 @@ impl Config {
             message: one_line(&text, &e),
         })?;
         self.principals.extend(more.principals);
-        self.validate()
+        Ok(())
     }
 
     /// Checks ranges that types cannot express.
@@ -263,9 +272,14 @@ impl Config {
         if self.memory_budget_bytes < self.max_snapshot_bytes + self.stream_buffer_bytes() {
             return v(
                 "memory_budget_bytes",
-                "must be at least max_snapshot_bytes plus one export's stream buffers \
-                 (channel_depth * chunk_size * 1.4)"
-                    .into(),
+                format!(
+                    "must be at least max_snapshot_bytes plus one export's stream buffers: \
+                     {} + {} = {} bytes here ((channel_depth + 2 * seal workers + 1) sealed \
+                     chunks)",
+                    self.max_snapshot_bytes,
+                    self.stream_buffer_bytes(),
+                    self.max_snapshot_bytes + self.stream_buffer_bytes()
+                ),
             );
         }
         if self.max_in_flight == 0 {

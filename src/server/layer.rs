@@ -36,6 +36,8 @@ pub struct CallContext {
     pub peer: Option<String>,
     pub started_at: String,
     started: std::time::Instant,
+    /// Set once the call's terminal event is queued.
+    ended: Arc<std::sync::atomic::AtomicBool>,
     info: Arc<Mutex<CallInfo>>,
     ack: Arc<Mutex<Option<Ack>>>,
 }
@@ -59,6 +61,7 @@ impl CallContext {
             peer,
             started_at: crate::audit::now_rfc3339(),
             started: std::time::Instant::now(),
+            ended: Arc::default(),
             info: Arc::default(),
             ack: Arc::default(),
         }
@@ -130,7 +133,56 @@ pub fn code_name(c: Code) -> &'static str {
 struct Terminal {
     ctx: CallContext,
     audit: AuditHandle,
+    open: OpenCalls,
     done: bool,
+}
+
+/// Calls that have not ended yet, so that a server stopping with calls
+/// still attached can give each its terminal event.
+#[derive(Clone, Default)]
+pub struct OpenCalls(Arc<Mutex<std::collections::HashMap<String, CallContext>>>);
+
+impl OpenCalls {
+    fn insert(&self, ctx: &CallContext) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ctx.request_id.clone(), ctx.clone());
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Queues a `failed UNAVAILABLE` end for every call still open; used
+    /// when the server stops while clients keep streams open.
+    pub fn end_all(&self, audit: &AuditHandle) -> usize {
+        let calls: Vec<CallContext> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        let mut n = 0;
+        for ctx in calls {
+            if ctx.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let mut e = ctx.event(Kind::Failed);
+            e.code = Some(code_name(Code::Unavailable).to_string());
+            e.detail = Some(
+                serde_json::json!({
+                    "started_at": ctx.started_at,
+                    "reason": "server stopped before the call ended",
+                })
+                .to_string(),
+            );
+            audit.record(e);
+            n += 1;
+        }
+        n
+    }
 }
 
 impl Terminal {
@@ -139,6 +191,15 @@ impl Terminal {
             return;
         }
         self.done = true;
+        self.open.remove(&self.ctx.request_id);
+        if self
+            .ctx
+            .ended
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Already ended by the server's final sweep.
+            return;
+        }
         let info = self.ctx.info();
         let kind = match code {
             None => Kind::Cancelled,
@@ -183,6 +244,7 @@ fn status_of(headers: &http::HeaderMap) -> Option<Code> {
 #[derive(Clone)]
 pub struct AuditLayer {
     pub audit: AuditHandle,
+    pub open: OpenCalls,
 }
 
 impl<S> tower::Layer<S> for AuditLayer {
@@ -191,6 +253,7 @@ impl<S> tower::Layer<S> for AuditLayer {
         AuditService {
             inner,
             audit: self.audit.clone(),
+            open: self.open.clone(),
         }
     }
 }
@@ -200,6 +263,7 @@ impl<S> tower::Layer<S> for AuditLayer {
 pub struct AuditService<S> {
     inner: S,
     audit: AuditHandle,
+    open: OpenCalls,
 }
 
 fn peer_of<B>(req: &http::Request<B>) -> Option<String> {
@@ -243,9 +307,11 @@ where
         }
         let ctx = CallContext::new(&path, peer_of(&req));
         req.extensions_mut().insert(ctx.clone());
+        self.open.insert(&ctx);
         let mut terminal = Terminal {
             ctx,
             audit: self.audit.clone(),
+            open: self.open.clone(),
             done: false,
         };
         let fut = self.inner.call(req);

@@ -119,7 +119,16 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    // TLS material is checked before anything is recorded or served.
+    let mut builder = Server::builder();
+    if let Some(tls) = config.tls.as_ref().map(tls_config).transpose()? {
+        builder = builder.tls_config(tls).map_err(|e| {
+            ServeError::Setup(format!(
+                "invalid TLS configuration: {}",
+                crate::client::error_chain(&e)
+            ))
+        })?;
+    }
     let signer = config
         .audit
         .checkpoint_key_file
@@ -143,7 +152,12 @@ pub async fn serve_on(
         serde_json::json!({ "listen": listener.local_addr().ok().map(|a| a.to_string()) })
             .to_string(),
     );
-    audit.commit(start).await?;
+    audit.commit(start).await.map_err(|e| {
+        ServeError::Setup(format!(
+            "cannot write to the audit database {}: {e}",
+            config.audit_db.display()
+        ))
+    })?;
     let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -262,13 +276,11 @@ pub async fn serve_on(
             let _ = hard_stop_tx.send(true);
         });
     };
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
+    let open_calls = layer::OpenCalls::default();
     let server = builder
         .layer(layer::AuditLayer {
             audit: audit.clone(),
+            open: open_calls.clone(),
         })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -293,6 +305,15 @@ pub async fn serve_on(
             let _ = stop_rx.wait_for(|v| *v).await;
             tokio::time::sleep(grace + Duration::from_secs(5)).await;
         } => warn!("connections still open after the grace period; exiting"),
+    }
+    // Calls whose clients still hold their streams get their end now, so
+    // the trail never shows an export that simply stopped.
+    let ended = open_calls.end_all(&audit);
+    if ended > 0 {
+        warn!(
+            calls = ended,
+            "calls still open at exit recorded as failed (UNAVAILABLE)"
+        );
     }
     monitor.abort();
     for t in [metrics_task, health_task].into_iter().flatten() {

@@ -499,3 +499,111 @@ pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
 }
+
+impl ServerProcess {
+    /// Like [`ServerProcess::start`], but with the caller's config file and
+    /// audit database (so a test can restart a server on the same trail),
+    /// and `customize` applied to the command last (environment, working
+    /// directory...). The stderr log is `dir/server-N.log`.
+    pub fn start_custom(
+        config: &Path,
+        case_db: &Path,
+        audit_db: &Path,
+        dir: &Path,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
+        let n = SERVER_SEQ.fetch_add(1, Ordering::SeqCst);
+        let log = dir.join(format!("server-{n}.log"));
+        let log_file = std::fs::File::create(&log).expect("create server log");
+        let mut cmd = bin();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--case-db")
+            .arg(case_db)
+            .arg("--audit-db")
+            .arg(audit_db)
+            .args(["--shutdown-grace-secs", "5"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        customize(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} serve: {e}"));
+        let mut guard = Self {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let stdout = guard
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
+            let _ = tx.send(first);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        });
+        let first = match rx.recv_timeout(WATCHDOG) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "server printed no first line within {WATCHDOG:?}\nlog:\n{}",
+                guard.log_text()
+            ),
+        };
+        let Some(addr) = first.trim_end().strip_prefix("listening on ") else {
+            panic!(
+                "server's first stdout line is {first:?}, not `listening on ADDR`\nlog:\n{}",
+                guard.log_text()
+            );
+        };
+        guard.addr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?} from the server: {e}"));
+        assert!(guard.addr.ip().is_loopback() && guard.addr.port() != 0);
+        guard
+    }
+
+    /// The file the server's stderr goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Kills the server with SIGKILL (no shutdown work at all) and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL the server");
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most
+/// `deadline`; panics naming `what` when it never does. A bound against
+/// hangs, not a timing assertion.
+#[track_caller]
+pub fn poll_until<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not seen within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every event of an audit database, in sequence order, read with the
+/// library's read-only opener.
+pub fn audit_events(db: &Path) -> Vec<(u64, case_export::audit::Event, String)> {
+    let conn = case_export::audit::open_log_read_only(db).expect("open audit db");
+    case_export::audit::list_events(&conn, &Default::default()).expect("list audit events")
+}

@@ -387,3 +387,143 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+// ---------------------------------------------------------------------------
+// Side listeners, the custody trail and health, for the reliability and
+// hostile-input suites.
+
+/// A loopback address whose port was free a moment ago, for side listeners
+/// (`metrics_listen`) whose bound port the server does not report.
+pub fn free_loopback_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// Serializes scrapes within one test process: the server sets its gauges
+/// from its own state just before encoding the process-wide registry, so
+/// two servers scraped at once could see each other's values.
+static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `GET /metrics` over plain HTTP/1.0 (no client crate needed); the body
+/// of a 200 answer.
+pub async fn scrape_metrics(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one_at_a_time = SCRAPE.lock().await;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("unexpected answer: {head:?}"));
+    }
+    Ok(body.to_string())
+}
+
+/// Sum of the samples of `name` (exact, e.g. `case_export_exports_finished_total`)
+/// whose labels include every pair of `labels`; `None` if no sample matches.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let present: Vec<&str> = label_text.split(',').collect();
+        if labels
+            .iter()
+            .all(|(k, v)| present.contains(&format!("{k}=\"{v}\"").as_str()))
+        {
+            let v: f64 = value.trim().parse().ok()?;
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+/// Every event of the custody trail at `path`, in order (empty while the
+/// file does not exist yet).
+pub fn audit_events(path: &Path) -> Vec<case_export::audit::Event> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let conn = case_export::audit::open_log_read_only(path)
+        .unwrap_or_else(|e| panic!("open audit log: {e}"));
+    case_export::audit::list_events(&conn, &case_export::audit::ListFilter::default())
+        .unwrap_or_else(|e| panic!("list audit events: {e}"))
+        .into_iter()
+        .map(|(_, e, _)| e)
+        .collect()
+}
+
+/// The events of the call that made export `export_id`: found through its
+/// `started` event, then every event with the same request id.
+pub fn events_of_export(
+    events: &[case_export::audit::Event],
+    export_id: &str,
+) -> Vec<case_export::audit::Event> {
+    let Some(rid) = events
+        .iter()
+        .find(|e| e.export_id.as_deref() == Some(export_id))
+        .map(|e| e.request_id.clone())
+    else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter(|e| e.request_id == rid)
+        .cloned()
+        .collect()
+}
+
+/// The health status (`ServingStatus` as i32) the standard health service
+/// gives for the export service.
+pub async fn export_health(url: &str) -> Result<i32, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "case_export.v1.ExportService".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| format!("health check: {s:?}"))
+}
+
+/// Waits until the export service's health status is `want`.
+pub async fn wait_export_health(
+    url: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    deadline: Duration,
+) {
+    eventually(&format!("health {want:?}"), deadline, || async {
+        match export_health(url).await? {
+            s if s == want as i32 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await
+}

@@ -1,0 +1,1544 @@
+//! Access control and the custody trail, end to end against a real server
+//! on 127.0.0.1:0: refusals and their `denied` events, roles per service,
+//! tenant limits, the events of completed, cancelled and failed exports,
+//! fail-closed behaviour when the audit store cannot write, the key never
+//! leaking to disk or logs, mutual TLS identities, and `token new`.
+//!
+//! Most tests run the server in-process (`serve_on`) so they can reach its
+//! audit database and TLS material directly; the ones about logs, files and
+//! the CLI run the real binary through `tests/common`.
+//!
+//! The audit store is made to fail by adding a `RAISE(ABORT)` trigger to
+//! the audit database from a second connection: that works as root (file
+//! modes do not stop root), fails the writer's very next commit instead of
+//! after a busy timeout, and can target one event kind (`sealed`) to fail
+//! an export after its chunks but before its key.
+
+mod common;
+
+use base64::Engine;
+use case_export::audit::{Event, Kind, verify_log};
+use case_export::client::{ClientError, ClientOptions, ExportClient};
+use case_export::pb::audit_service_client::AuditServiceClient;
+use case_export::pb::export_case_response::Message as Msg;
+use case_export::pb::export_service_client::ExportServiceClient;
+use case_export::pb::{ExportCaseRequest, ExportHeader, ListEventsRequest, VerifyLogRequest};
+use case_export::seed::{SeedOptions, seed_demo};
+use case_export::server::{
+    Config, ON_BEHALF_OF, PrincipalConfig, Role, ServeError, TlsConfig, code_name, serve_on,
+};
+use common::{ServerProcess, TEST_ANALYST, TEST_TOKEN, audit_events};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use zeroize::Zeroizing;
+
+/// Bound on every wait for the audit trail or the health status. Generous:
+/// it only turns a hang into a failure.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+const EXPORT_METHOD: &str = "/case_export.v1.ExportService/ExportCase";
+const VERIFY_METHOD: &str = "/case_export.v1.AuditService/VerifyLog";
+const LIST_METHOD: &str = "/case_export.v1.AuditService/ListEvents";
+
+/// Tokens of the principals the in-process servers know.
+const AUDITOR_TOKEN: &str = "auditor-only-token-3b1f0c";
+const EXPORTER_TOKEN: &str = "exporter-only-token-9d24ae";
+const NORTH_TOKEN: &str = "north-only-token-51c7e2";
+const PURPOSE: &str = "TICKET-4711: custody review";
+
+type Ev = (u64, Event, String);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn principal(name: &str, token: Option<&str>, roles: &[Role]) -> PrincipalConfig {
+    PrincipalConfig {
+        name: name.into(),
+        token_sha256: token.map(digest),
+        tls_identity: None,
+        roles: roles.to_vec(),
+        tenants: None,
+    }
+}
+
+/// The principals most tests use: the suite's own (both roles), an
+/// auditor-only one and an exporter-only one.
+fn standard_principals() -> Vec<PrincipalConfig> {
+    vec![
+        principal(
+            "test-service",
+            Some(TEST_TOKEN),
+            &[Role::Exporter, Role::Auditor],
+        ),
+        principal("auditor-only", Some(AUDITOR_TOKEN), &[Role::Auditor]),
+        principal("exporter-only", Some(EXPORTER_TOKEN), &[Role::Exporter]),
+    ]
+}
+
+/// A seeded case database in `dir`: `(path, [(case id, tenant)])`.
+fn seed(dir: &Path, cases: u32, rows_per_case: u32) -> (PathBuf, Vec<(String, String)>) {
+    let path = dir.join("cases.db");
+    seed_demo(
+        &path,
+        &SeedOptions {
+            cases,
+            rows_per_case,
+            seed: 7,
+            tenants: vec!["north".into(), "south".into()],
+        },
+    )
+    .expect("seed demo database");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open seeded db");
+    let cases = conn
+        .prepare("SELECT id, tenant FROM cases ORDER BY case_number")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect("read cases");
+    (path, cases)
+}
+
+fn base_config(dir: &Path, case_db: &Path, principals: Vec<PrincipalConfig>) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        case_db: case_db.to_path_buf(),
+        audit_db: dir.join("audit.db"),
+        principals,
+        shutdown_grace_secs: 2,
+        ..Config::default()
+    }
+}
+
+/// An in-process server on 127.0.0.1:0.
+struct Srv {
+    addr: SocketAddr,
+    url: String,
+    audit_db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Srv {
+    async fn start(config: Config) -> Self {
+        config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let audit_db = config.audit_db.clone();
+        let join = tokio::spawn(serve_on(config, listener, async {
+            let _ = rx.await;
+        }));
+        let srv = Self {
+            addr,
+            url: format!("http://{addr}"),
+            audit_db,
+            stop: Some(tx),
+            join: Some(join),
+        };
+        // Up once its start event is committed (the file and its schema
+        // appear while the server starts: read errors until then are fine).
+        let db = srv.audit_db.clone();
+        wait_for("the server_start event", || {
+            let conn = case_export::audit::open_log_read_only(&db).ok()?;
+            let ev = case_export::audit::list_events(&conn, &Default::default()).ok()?;
+            ev.first()
+                .is_some_and(|(_, e, _)| e.kind == Kind::ServerStart)
+                .then_some(())
+        })
+        .await;
+        srv
+    }
+
+    /// Waits until every call on record has its terminal event (terminal
+    /// events are queued without waiting, so they may land after the
+    /// client saw the status).
+    async fn settle(&self) {
+        self.wait_events("every call ended on record", all_ended)
+            .await;
+    }
+
+    /// Graceful shutdown; the server must end without error.
+    async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let join = self.join.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(60), join)
+            .await
+            .expect("server stops")
+            .expect("server task")
+            .expect("server ends without error");
+    }
+
+    fn events(&self) -> Vec<Ev> {
+        audit_events(&self.audit_db)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.events().last().map_or(0, |e| e.0)
+    }
+
+    /// Waits until `pred` holds for the trail and returns it.
+    async fn wait_events(&self, what: &str, pred: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
+        wait_for(what, || {
+            let ev = self.events();
+            pred(&ev).then_some(ev)
+        })
+        .await
+    }
+
+    /// Waits for the terminal event of the export of `case_id` (the only
+    /// one on this server) and returns that call's events.
+    async fn wait_export_end(&self, case_id: &str) -> Vec<Event> {
+        let rid = self.request_of(case_id).await;
+        let all = self
+            .wait_events("terminal event of the export", |ev| {
+                ev.iter()
+                    .any(|(_, e, _)| e.request_id == rid && e.kind.is_terminal())
+            })
+            .await;
+        of_request(&all, &rid)
+    }
+
+    /// The request id of the (only) export of `case_id`, from its `started`
+    /// or first event naming the case.
+    async fn request_of(&self, case_id: &str) -> String {
+        let all = self
+            .wait_events("an event naming the case", |ev| {
+                ev.iter()
+                    .any(|(_, e, _)| e.case_id.as_deref() == Some(case_id))
+            })
+            .await;
+        let rids: std::collections::BTreeSet<String> = all
+            .iter()
+            .filter(|(_, e, _)| e.case_id.as_deref() == Some(case_id))
+            .map(|(_, e, _)| e.request_id.clone())
+            .collect();
+        assert_eq!(rids.len(), 1, "one call for case {case_id}: {rids:?}");
+        rids.into_iter().next().expect("one")
+    }
+}
+
+impl Drop for Srv {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not seen within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether every call with an event on record also has its terminal one.
+fn all_ended(ev: &[Ev]) -> bool {
+    let mut open = std::collections::BTreeSet::new();
+    for (_, e, _) in ev {
+        if e.kind.is_terminal() {
+            open.remove(&e.request_id);
+        } else if e.kind != Kind::ServerStart {
+            open.insert(e.request_id.clone());
+        }
+    }
+    open.is_empty()
+}
+
+fn of_request(all: &[Ev], rid: &str) -> Vec<Event> {
+    all.iter()
+        .filter(|(_, e, _)| e.request_id == rid)
+        .map(|(_, e, _)| e.clone())
+        .collect()
+}
+
+fn kinds(evs: &[Event]) -> Vec<Kind> {
+    evs.iter().map(|e| e.kind).collect()
+}
+
+fn detail(e: &Event) -> serde_json::Value {
+    serde_json::from_str(e.detail.as_deref().unwrap_or("null")).expect("detail is JSON")
+}
+
+fn options(token: Option<&str>, on_behalf_of: Option<&str>) -> ClientOptions {
+    ClientOptions {
+        token: token.map(|t| Zeroizing::new(t.to_string())),
+        on_behalf_of: on_behalf_of.map(str::to_string),
+        ..ClientOptions::default()
+    }
+}
+
+/// A request with the given bearer token and `x-on-behalf-of`, if any.
+fn with_creds<T>(msg: T, token: Option<&str>, on_behalf_of: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii token"),
+        );
+    }
+    if let Some(o) = on_behalf_of {
+        r.metadata_mut()
+            .insert(ON_BEHALF_OF, o.parse().expect("ascii analyst"));
+    }
+    r
+}
+
+fn export_req(case_id: &str) -> ExportCaseRequest {
+    ExportCaseRequest {
+        case_id: case_id.into(),
+        purpose: PURPOSE.into(),
+    }
+}
+
+async fn channel(url: &str, small_window: bool) -> Channel {
+    let mut ep = Endpoint::from_shared(url.to_string()).expect("endpoint");
+    if small_window {
+        // The protocol's minimum default window: once the caller stops
+        // reading, the server's sender stalls after about 64 KiB.
+        ep = ep
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+    }
+    ep.connect().await.expect("connect")
+}
+
+async fn raw_export(url: &str, small_window: bool) -> ExportServiceClient<Channel> {
+    ExportServiceClient::new(channel(url, small_window).await).max_decoding_message_size(16 << 20)
+}
+
+/// What a raw export stream delivered before it ended.
+#[derive(Debug, Default)]
+struct Outcome {
+    header: Option<ExportHeader>,
+    chunks: u64,
+    key: bool,
+    status: Option<Status>,
+}
+
+/// Runs one export with the generated client and records everything that
+/// arrived: header, chunk count, whether a key came, and the error status.
+async fn export_raw(url: &str, token: Option<&str>, case_id: &str) -> Outcome {
+    let mut client = raw_export(url, false).await;
+    let mut out = Outcome::default();
+    let mut stream = match client
+        .export_case(with_creds(export_req(case_id), token, Some(TEST_ANALYST)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            out.status = Some(s);
+            return out;
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => match m.message {
+                Some(Msg::Header(h)) => out.header = Some(h),
+                Some(Msg::Chunk(_)) => out.chunks += 1,
+                Some(Msg::Key(_)) => out.key = true,
+                None => panic!("empty message"),
+            },
+            Ok(None) => return out,
+            Err(s) => {
+                out.status = Some(s);
+                return out;
+            }
+        }
+    }
+}
+
+/// Asserts that `call` is refused with `code`, and that the trail then
+/// holds exactly one new call: an `attempt` carrying `reason` in its
+/// detail, then a terminal `denied` with the code. Returns the message.
+async fn expect_denied<T: std::fmt::Debug>(
+    srv: &Srv,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+    code: Code,
+    reason: &str,
+    principal: Option<&str>,
+    method: &str,
+) -> String {
+    srv.settle().await;
+    let before = srv.last_seq();
+    let status = call.await.expect_err("the call must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    let all = srv
+        .wait_events("the denied event", |ev| {
+            ev.iter()
+                .any(|(s, e, _)| *s > before && e.kind == Kind::Denied)
+        })
+        .await;
+    let new: Vec<Event> = all
+        .into_iter()
+        .filter(|(s, _, _)| *s > before)
+        .map(|(_, e, _)| e)
+        .collect();
+    assert_eq!(
+        kinds(&new),
+        [Kind::Attempt, Kind::Denied],
+        "events of a refused call: {new:#?}"
+    );
+    let (attempt, denied) = (&new[0], &new[1]);
+    assert_eq!(attempt.request_id, denied.request_id);
+    assert!(!attempt.request_id.is_empty());
+    assert_eq!(detail(attempt)["reason"], reason, "{attempt:#?}");
+    assert_eq!(denied.code.as_deref(), Some(code_name(code)));
+    for e in &new {
+        assert_eq!(e.method.as_deref(), Some(method));
+        assert_eq!(e.principal.as_deref(), principal);
+        assert!(
+            e.peer
+                .as_deref()
+                .is_some_and(|p| p.starts_with("127.0.0.1:"))
+        );
+        assert!(e.case_id.is_none() && e.export_id.is_none(), "{e:#?}");
+    }
+    status.message().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Refusals and roles
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 10);
+    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    let case = &cases[0].0;
+    let mut c = raw_export(&srv.url, false).await;
+
+    let no_token = expect_denied(
+        &srv,
+        c.export_case(with_creds(export_req(case), None, Some(TEST_ANALYST))),
+        Code::Unauthenticated,
+        "no credentials",
+        None,
+        EXPORT_METHOD,
+    )
+    .await;
+    let wrong_token = expect_denied(
+        &srv,
+        c.export_case(with_creds(
+            export_req(case),
+            Some("cxt_not-a-known-token"),
+            Some(TEST_ANALYST),
+        )),
+        Code::Unauthenticated,
+        "unknown token",
+        None,
+        EXPORT_METHOD,
+    )
+    .await;
+    // The caller learns nothing about why its credentials failed.
+    assert_eq!(no_token, wrong_token);
+    // A token one character off a real one is just as unknown.
+    let mut near = TEST_TOKEN.to_string();
+    near.pop();
+    expect_denied(
+        &srv,
+        c.export_case(with_creds(
+            export_req(case),
+            Some(&near),
+            Some(TEST_ANALYST),
+        )),
+        Code::Unauthenticated,
+        "unknown token",
+        None,
+        EXPORT_METHOD,
+    )
+    .await;
+    let role = expect_denied(
+        &srv,
+        c.export_case(with_creds(
+            export_req(case),
+            Some(AUDITOR_TOKEN),
+            Some(TEST_ANALYST),
+        )),
+        Code::PermissionDenied,
+        "missing role",
+        Some("auditor-only"),
+        EXPORT_METHOD,
+    )
+    .await;
+    assert!(role.contains("exporter"), "{role}");
+    let obo = expect_denied(
+        &srv,
+        c.export_case(with_creds(export_req(case), Some(EXPORTER_TOKEN), None)),
+        Code::InvalidArgument,
+        "missing on-behalf-of",
+        Some("exporter-only"),
+        EXPORT_METHOD,
+    )
+    .await;
+    assert!(obo.contains(ON_BEHALF_OF), "{obo}");
+    let long = "a".repeat(201);
+    expect_denied(
+        &srv,
+        c.export_case(with_creds(export_req(case), Some(TEST_TOKEN), Some(&long))),
+        Code::InvalidArgument,
+        "missing on-behalf-of",
+        Some("test-service"),
+        EXPORT_METHOD,
+    )
+    .await;
+
+    // None of them got as far as the case: nothing started or sealed.
+    let all = srv.events();
+    assert!(
+        !all.iter()
+            .any(|(_, e, _)| matches!(e.kind, Kind::Started | Kind::Sealed | Kind::Completed)),
+        "{all:#?}"
+    );
+    let v = verify_log(
+        &case_export::audit::open_log_read_only(&srv.audit_db).expect("open"),
+        &[],
+        None,
+    )
+    .expect("verify");
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_service_is_for_the_auditor_role_only() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 10);
+    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    // One export, so the trail holds a case's events to list.
+    let receipt = ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some("a.b")))
+        .await
+        .expect("connect")
+        .export_case(&cases[0].0, PURPOSE, &mut tokio::io::sink(), |_, _| {})
+        .await
+        .expect("export");
+    srv.wait_export_end(&receipt.case_id).await;
+
+    let mut audit = AuditServiceClient::new(channel(&srv.url, false).await);
+    // An auditor needs no x-on-behalf-of.
+    let v = audit
+        .verify_log(with_creds(VerifyLogRequest {}, Some(AUDITOR_TOKEN), None))
+        .await
+        .expect("auditor may verify")
+        .into_inner();
+    assert!(v.ok, "{:?}", v.problems);
+    assert!(v.events >= 5 && v.head_seq == v.events, "{v:?}");
+    assert_eq!(v.head_hash.len(), 64);
+    let mut stream = audit
+        .list_events(with_creds(
+            ListEventsRequest {
+                case_id: receipt.case_id.clone(),
+                ..Default::default()
+            },
+            Some(AUDITOR_TOKEN),
+            None,
+        ))
+        .await
+        .expect("auditor may list")
+        .into_inner();
+    let mut listed = Vec::new();
+    while let Some(e) = stream.message().await.expect("list stream") {
+        listed.push(e);
+    }
+    let listed_kinds: Vec<&str> = listed.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        listed_kinds,
+        ["started", "sealed", "completed"],
+        "{listed:#?}"
+    );
+    assert!(listed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(listed.iter().all(|e| e.case_id == receipt.case_id
+        && e.principal == "test-service"
+        && e.on_behalf_of == "a.b"
+        && e.hash.len() == 64));
+
+    // An exporter-only principal may not read the trail.
+    expect_denied(
+        &srv,
+        audit.verify_log(with_creds(
+            VerifyLogRequest {},
+            Some(EXPORTER_TOKEN),
+            Some(TEST_ANALYST),
+        )),
+        Code::PermissionDenied,
+        "missing role",
+        Some("exporter-only"),
+        VERIFY_METHOD,
+    )
+    .await;
+    expect_denied(
+        &srv,
+        audit.list_events(with_creds(
+            ListEventsRequest::default(),
+            Some(EXPORTER_TOKEN),
+            Some(TEST_ANALYST),
+        )),
+        Code::PermissionDenied,
+        "missing role",
+        Some("exporter-only"),
+        LIST_METHOD,
+    )
+    .await;
+    expect_denied(
+        &srv,
+        audit.list_events(with_creds(ListEventsRequest::default(), None, None)),
+        Code::Unauthenticated,
+        "no credentials",
+        None,
+        LIST_METHOD,
+    )
+    .await;
+    // The auditor's own reads are on the record and ended OK.
+    let all = srv.events();
+    let reads: Vec<&Event> = all
+        .iter()
+        .map(|(_, e, _)| e)
+        .filter(|e| e.principal.as_deref() == Some("auditor-only") && e.kind == Kind::Completed)
+        .collect();
+    assert_eq!(reads.len(), 2, "{all:#?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_limited_principal_sees_other_tenants_cases_as_missing() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 6, 10);
+    let of = |t: &str| {
+        cases
+            .iter()
+            .find(|(_, tenant)| tenant == t)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_else(|| panic!("seed 7 gives a case of tenant {t}: {cases:?}"))
+    };
+    let (north, south) = (of("north"), of("south"));
+    let mut principals = standard_principals();
+    principals.push(PrincipalConfig {
+        tenants: Some(vec!["north".into()]),
+        ..principal("north-only", Some(NORTH_TOKEN), &[Role::Exporter])
+    });
+    let srv = Srv::start(base_config(dir.path(), &db, principals)).await;
+
+    let other_tenant = export_raw(&srv.url, Some(NORTH_TOKEN), &south).await;
+    let missing = export_raw(
+        &srv.url,
+        Some(NORTH_TOKEN),
+        "00000000-0000-4000-8000-000000000000",
+    )
+    .await;
+    let (a, b) = (
+        other_tenant.status.expect("refused"),
+        missing.status.expect("refused"),
+    );
+    assert_eq!(a.code(), Code::NotFound, "{a:?}");
+    assert_eq!(b.code(), Code::NotFound, "{b:?}");
+    assert_eq!(
+        a.message(),
+        b.message(),
+        "the two NOT_FOUNDs must not differ"
+    );
+    assert!(other_tenant.header.is_none() && !other_tenant.key);
+
+    // The case exists: its own tenant's principal and an unrestricted one
+    // both export their cases.
+    let own = export_raw(&srv.url, Some(NORTH_TOKEN), &north).await;
+    assert!(own.status.is_none() && own.key, "{own:?}");
+    let unrestricted = export_raw(&srv.url, Some(TEST_TOKEN), &south).await;
+    assert!(
+        unrestricted.status.is_none() && unrestricted.key,
+        "{unrestricted:?}"
+    );
+
+    // The refusal is on the record as a failed NOT_FOUND for that case.
+    let all = srv
+        .wait_events("four terminal events", |ev| {
+            ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 4
+        })
+        .await;
+    let north_only: Vec<(Option<&str>, Kind, Option<&str>)> = all
+        .iter()
+        .map(|(_, e, _)| e)
+        .filter(|e| e.principal.as_deref() == Some("north-only") && e.kind.is_terminal())
+        .map(|e| (e.case_id.as_deref(), e.kind, e.code.as_deref()))
+        .collect();
+    assert_eq!(
+        north_only,
+        [
+            (Some(south.as_str()), Kind::Failed, Some("NOT_FOUND")),
+            (
+                Some("00000000-0000-4000-8000-000000000000"),
+                Kind::Failed,
+                Some("NOT_FOUND")
+            ),
+            (Some(north.as_str()), Kind::Completed, Some("OK")),
+        ]
+    );
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Completed, cancelled and failed exports
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completed_export_leaves_attempt_started_sealed_completed() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 40);
+    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    cfg.chunk_size = 16 * 1024;
+    let srv = Srv::start(cfg).await;
+    let out = TempDir::new().expect("out dir");
+    let case = &cases[1].0;
+    let receipt =
+        ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some(TEST_ANALYST)))
+            .await
+            .expect("connect")
+            .export_to_dir(case, PURPOSE, out.path(), |_, _| {})
+            .await
+            .expect("export");
+    assert!(receipt.chunks > 2, "several chunks: {}", receipt.chunks);
+    let enc = receipt.path.clone().expect("written to the directory");
+
+    let evs = srv.wait_export_end(case).await;
+    assert_eq!(
+        kinds(&evs),
+        [Kind::Attempt, Kind::Started, Kind::Sealed, Kind::Completed],
+        "{evs:#?}"
+    );
+    for e in &evs {
+        assert_eq!(e.method.as_deref(), Some(EXPORT_METHOD));
+        assert_eq!(e.principal.as_deref(), Some("test-service"));
+        assert_eq!(e.on_behalf_of.as_deref(), Some(TEST_ANALYST));
+        assert!(e.tls_identity.is_none());
+    }
+    for e in &evs[1..] {
+        assert_eq!(e.case_id.as_deref(), Some(case.as_str()));
+        assert_eq!(e.purpose.as_deref(), Some(PURPOSE));
+        assert_eq!(e.export_id.as_deref(), Some(receipt.export_id.as_str()));
+    }
+    assert_eq!(evs[3].code.as_deref(), Some("OK"));
+
+    let sealed = detail(&evs[2]);
+    let file_sha = common::sha256_file(&enc);
+    assert_eq!(sealed["ciphertext_sha256"], file_sha.as_str());
+    assert_eq!(receipt.ciphertext_sha256, file_sha);
+    let file_len = std::fs::metadata(&enc).expect("enc metadata").len();
+    assert_eq!(sealed["ciphertext_size"], file_len);
+    assert_eq!(sealed["chunk_count"], receipt.chunks);
+    assert_eq!(sealed["plaintext_size"], receipt.plaintext_size);
+    let audited: BTreeMap<String, u64> =
+        serde_json::from_value(sealed["row_counts"].clone()).expect("row_counts object");
+    let received: BTreeMap<String, u64> = receipt.row_counts.iter().cloned().collect();
+    assert_eq!(audited, received);
+    assert!(received.get("cases") == Some(&1), "{received:?}");
+    // The terminal event repeats the custody figures.
+    assert_eq!(detail(&evs[3])["ciphertext_sha256"], file_sha.as_str());
+
+    let conn = case_export::audit::open_log_read_only(&srv.audit_db).expect("open");
+    let v = verify_log(&conn, &[], None).expect("verify");
+    assert!(v.chain_ok() && v.unterminated.is_empty(), "{v:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_stream_is_recorded_as_cancelled() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 800);
+    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    cfg.chunk_size = 4096;
+    let srv = Srv::start(cfg).await;
+    let case = &cases[0].0;
+    {
+        let mut client = raw_export(&srv.url, true).await;
+        let mut stream = client
+            .export_case(with_creds(
+                export_req(case),
+                Some(TEST_TOKEN),
+                Some(TEST_ANALYST),
+            ))
+            .await
+            .expect("export starts")
+            .into_inner();
+        let first = stream.message().await.expect("header").expect("header");
+        let Some(Msg::Header(h)) = first.message else {
+            panic!("first message is not the header")
+        };
+        // Far more than the window and the server's buffers can hold.
+        assert!(
+            h.chunk_count > 60,
+            "case too small: {} chunks",
+            h.chunk_count
+        );
+        for i in 0..2 {
+            let m = stream.message().await.expect("chunk").expect("chunk");
+            assert!(matches!(m.message, Some(Msg::Chunk(c)) if c.index == i));
+        }
+        // Dropping the stream and the channel resets the call.
+    }
+    let evs = srv.wait_export_end(case).await;
+    assert_eq!(
+        kinds(&evs),
+        [Kind::Attempt, Kind::Started, Kind::Cancelled],
+        "{evs:#?}"
+    );
+    assert_eq!(evs[2].code.as_deref(), Some("CANCELLED"));
+    assert_eq!(evs[2].case_id.as_deref(), Some(case.as_str()));
+    // Nothing more is written for that call, even after a while of work.
+    let after = srv.events();
+    assert!(
+        !after
+            .iter()
+            .any(|(_, e, _)| e.request_id == evs[0].request_id
+                && matches!(e.kind, Kind::Sealed | Kind::Completed))
+    );
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Fail closed on a failing audit store
+// ---------------------------------------------------------------------------
+
+/// Makes every insert into the trail fail (`kind = None`) or only inserts
+/// of one kind, until [`heal_store`].
+fn break_store(audit_db: &Path, kind: Option<&str>) {
+    let conn = rusqlite::Connection::open(audit_db).expect("open audit db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let when = kind.map_or(String::new(), |k| format!("WHEN NEW.kind = '{k}'"));
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         DROP TRIGGER IF EXISTS test_fault;
+         CREATE TRIGGER test_fault BEFORE INSERT ON audit_events {when}
+         BEGIN SELECT RAISE(ABORT, 'injected audit store fault'); END;
+         COMMIT;"
+    ))
+    .expect("install the fault");
+}
+
+fn heal_store(audit_db: &Path) {
+    let conn = rusqlite::Connection::open(audit_db).expect("open audit db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.execute_batch("DROP TRIGGER test_fault")
+        .expect("remove the fault");
+}
+
+/// Polls the export service's health status until it is `want`.
+async fn wait_health(url: &str, want: tonic_health::pb::health_check_response::ServingStatus) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut client = HealthClient::new(channel(url, false).await);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = client
+            .check(HealthCheckRequest {
+                service: "case_export.v1.ExportService".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        if status == want as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "health status {status}, wanted {want:?} within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_audit_store_releases_no_key_and_recovers() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 3, 20);
+    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    cfg.chunk_size = 16 * 1024;
+    let srv = Srv::start(cfg).await;
+    // The server is up (its start event is committed) before the fault.
+    srv.wait_events("server start", |ev| !ev.is_empty()).await;
+
+    // 1. Nothing can be written: the attempt is not on record, so the
+    //    export is refused before anything is read.
+    break_store(&srv.audit_db, None);
+    let whole = export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await;
+    let s = whole.status.expect("refused");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains("audit"), "{s:?}");
+    assert!(whole.header.is_none() && whole.chunks == 0 && !whole.key);
+    wait_health(&srv.url, ServingStatus::NotServing).await;
+
+    // 2. Only the custody record fails: every chunk went out, the key did
+    //    not, and the call ends UNAVAILABLE.
+    break_store(&srv.audit_db, Some("sealed"));
+    let late = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
+    let s = late.status.expect("the export must fail");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    let h = late.header.expect("header was sent");
+    assert_eq!(late.chunks, h.chunk_count, "all chunks were sent");
+    assert!(!late.key, "no key may leave without its custody record");
+
+    // The library client says the same and writes no file.
+    let out = TempDir::new().expect("out dir");
+    let e = ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some(TEST_ANALYST)))
+        .await
+        .expect("connect")
+        .export_to_dir(&cases[2].0, PURPOSE, out.path(), |_, _| {})
+        .await
+        .expect_err("no key, no export");
+    assert!(matches!(e, ClientError::Unavailable(_)), "{e:?}");
+    assert!(common::listing(out.path()).is_empty());
+
+    // 3. The fault is removed: the queued events are written, a new export
+    //    succeeds and the chain is intact.
+    heal_store(&srv.audit_db);
+    wait_health(&srv.url, ServingStatus::Serving).await;
+    let ok = export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await;
+    assert!(ok.status.is_none() && ok.key, "{ok:?}");
+
+    let all = srv
+        .wait_events("every call ended on record", |ev| {
+            ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 4
+        })
+        .await;
+    let conn = case_export::audit::open_log_read_only(&srv.audit_db).expect("open");
+    let v = verify_log(&conn, &[], None).expect("verify");
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
+    let ends: Vec<(Kind, Option<&str>)> = all
+        .iter()
+        .filter(|(_, e, _)| e.kind.is_terminal())
+        .map(|(_, e, _)| (e.kind, e.code.as_deref()))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (Kind::Failed, Some("UNAVAILABLE")),
+            (Kind::Failed, Some("UNAVAILABLE")),
+            (Kind::Failed, Some("UNAVAILABLE")),
+            (Kind::Completed, Some("OK")),
+        ]
+    );
+    // Exactly one key was released: one `completed` export, after healing.
+    assert_eq!(
+        all.iter()
+            .filter(|(_, e, _)| e.kind == Kind::Completed)
+            .count(),
+        1
+    );
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// The key never leaks
+// ---------------------------------------------------------------------------
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        if meta.is_dir() {
+            files_under(&path, out);
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Anything shaped like a Fernet key: a run of exactly 43 base64 characters
+/// then '=', decoding to 32 bytes (URL-safe or standard alphabet).
+/// Chunk tokens are far longer runs, hashes and ids are hex without '='.
+fn key_shaped(hay: &[u8]) -> Option<String> {
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'/');
+    let mut i = 0;
+    while i < hay.len() {
+        if !b64(hay[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < hay.len() && b64(hay[i]) {
+            i += 1;
+        }
+        if i - start == 43 && hay.get(i) == Some(&b'=') && hay.get(i + 1) != Some(&b'=') {
+            let text = String::from_utf8_lossy(&hay[start..=i]).into_owned();
+            let url = base64::engine::general_purpose::URL_SAFE.decode(&text);
+            let std = base64::engine::general_purpose::STANDARD.decode(&text);
+            if url.or(std).is_ok_and(|b| b.len() == 32) {
+                return Some(text);
+            }
+        }
+    }
+    None
+}
+
+/// Fails if any file under `dirs` holds one of `needles` or anything
+/// shaped like a Fernet key; returns how many files were scanned.
+fn assert_no_key_in(dirs: &[&Path], needles: &[(&str, Vec<u8>)]) -> usize {
+    let mut files = Vec::new();
+    for d in dirs {
+        files_under(d, &mut files);
+    }
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        for (what, needle) in needles {
+            assert!(
+                !contains(&bytes, needle),
+                "the key ({what}) is in {}",
+                f.display()
+            );
+        }
+        if let Some(k) = key_shaped(&bytes) {
+            panic!("a key-shaped string {k:?} is in {}", f.display());
+        }
+    }
+    files.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_key_is_nowhere_on_disk_or_in_trace_logs() {
+    let work = TempDir::new().expect("work dir");
+    let cwd = TempDir::new().expect("server cwd");
+    let tmp = TempDir::new().expect("server TMPDIR");
+    let out = TempDir::new().expect("export dir");
+    let (db, cases) = seed(work.path(), 3, 800);
+    let config = common::write_test_config(work.path(), 0);
+    let audit_db = work.path().join("audit.db");
+    let server = ServerProcess::start_custom(
+        &config,
+        &db,
+        &audit_db,
+        work.path(),
+        &["--chunk-size", "4096"],
+        |c| {
+            c.env("RUST_LOG", "trace")
+                .env("TMPDIR", tmp.path())
+                .current_dir(cwd.path());
+        },
+    );
+    let url = server.url();
+    let audit_of = |pred: &dyn Fn(&[Ev]) -> bool| {
+        let ev = audit_events(&audit_db);
+        pred(&ev).then_some(ev)
+    };
+
+    // Completed: the one key the test gets to see.
+    let receipt = ExportClient::connect_with(&url, common::test_client_options())
+        .await
+        .expect("connect")
+        .export_to_dir(&cases[0].0, PURPOSE, out.path(), |_, _| {})
+        .await
+        .expect("export");
+    let key_text = receipt.key.expose_fernet_key().to_string();
+    let raw = *receipt.key.expose_bytes();
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE
+            .decode(&key_text)
+            .expect("key is base64url"),
+        raw
+    );
+
+    // Cancelled: header and a couple of chunks, then the client goes away.
+    {
+        let mut c = raw_export(&url, true).await;
+        let mut s = c
+            .export_case(with_creds(
+                export_req(&cases[1].0),
+                Some(TEST_TOKEN),
+                Some(TEST_ANALYST),
+            ))
+            .await
+            .expect("export starts")
+            .into_inner();
+        for _ in 0..3 {
+            s.message().await.expect("message").expect("message");
+        }
+    }
+    wait_for("the cancelled event", || {
+        audit_of(&|ev: &[Ev]| ev.iter().any(|(_, e, _)| e.kind == Kind::Cancelled))
+    })
+    .await;
+
+    // Failed after its key was made: the custody record cannot be written.
+    break_store(&audit_db, Some("sealed"));
+    let failed = export_raw(&url, Some(TEST_TOKEN), &cases[2].0).await;
+    assert_eq!(
+        failed.status.as_ref().map(Status::code),
+        Some(Code::Unavailable)
+    );
+    assert!(failed.chunks > 0 && !failed.key, "{failed:?}");
+    heal_store(&audit_db);
+    let all = wait_for("three export ends", || {
+        audit_of(&|ev: &[Ev]| ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 3)
+    })
+    .await;
+    let ends: Vec<Kind> = all
+        .iter()
+        .filter(|(_, e, _)| e.kind.is_terminal())
+        .map(|(_, e, _)| e.kind)
+        .collect();
+    assert_eq!(ends, [Kind::Completed, Kind::Cancelled, Kind::Failed]);
+
+    let needles: Vec<(&str, Vec<u8>)> = vec![
+        ("base64url", key_text.as_bytes().to_vec()),
+        (
+            "base64url without padding",
+            key_text.trim_end_matches('=').as_bytes().to_vec(),
+        ),
+        (
+            "standard base64",
+            base64::engine::general_purpose::STANDARD
+                .encode(raw)
+                .into_bytes(),
+        ),
+        ("hex", hex::encode(raw).into_bytes()),
+        ("HEX", hex::encode_upper(raw).into_bytes()),
+        ("raw bytes", raw.to_vec()),
+    ];
+    // The scanner does find a key where there is one.
+    let planted = format!("log line fernet_key={key_text} end");
+    assert!(key_shaped(planted.as_bytes()).is_some());
+    assert!(contains(planted.as_bytes(), &needles[0].1));
+
+    // The trace log is real and talks about these exports.
+    let log = std::fs::read_to_string(server.log_path()).expect("server log");
+    assert!(log.contains("TRACE"), "trace logging is on");
+    assert!(log.contains(&receipt.export_id), "log mentions the export");
+    assert!(log.contains("key withheld"), "log mentions the failure");
+    let enc = receipt.path.clone().expect("enc path");
+    assert!(enc.starts_with(out.path()));
+    assert!(std::fs::metadata(work.path().join("audit.db-wal")).is_ok());
+
+    let dirs = [work.path(), cwd.path(), tmp.path(), out.path()];
+    let scanned = assert_no_key_in(&dirs, &needles);
+    assert!(scanned >= 6, "scanned {scanned} files");
+    // And after a clean stop, when the WAL has been folded into the db.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_no_key_in(&dirs, &needles);
+}
+
+// ---------------------------------------------------------------------------
+// Mutual TLS
+// ---------------------------------------------------------------------------
+
+const SPIFFE_ID: &str = "spiffe://example.org/svc/case-mgmt";
+
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn make_ca(name: &str) -> Ca {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().expect("ca key");
+    let cert = p.self_signed(&key).expect("self-signed ca");
+    Ca {
+        pem: cert.pem(),
+        issuer: rcgen::Issuer::new(p, key),
+    }
+}
+
+/// A leaf certificate and key (PEM) signed by `ca`.
+fn make_leaf(ca: &Ca, cn: &str, sans: Vec<rcgen::SanType>, server: bool) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.subject_alt_names = sans;
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = p.signed_by(&key, &ca.issuer).expect("sign leaf");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn uri(u: &str) -> rcgen::SanType {
+    rcgen::SanType::URI(u.try_into().expect("ia5 uri"))
+}
+
+fn tls_options(ca: &Ca, identity: Option<&(String, String)>, token: Option<&str>) -> ClientOptions {
+    ClientOptions {
+        ca_pem: Some(ca.pem.clone().into_bytes()),
+        identity_pem: identity.map(|(c, k)| (c.clone().into_bytes(), k.clone().into_bytes())),
+        domain: Some("localhost".into()),
+        ..options(token, Some(TEST_ANALYST))
+    }
+}
+
+async fn tls_export(url: &str, opts: ClientOptions, case_id: &str) -> Result<String, ClientError> {
+    let mut c = ExportClient::connect_with(url, opts).await?;
+    let r = c
+        .export_case(case_id, PURPOSE, &mut tokio::io::sink(), |_, _| {})
+        .await?;
+    Ok(r.export_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_identities_end_to_end() {
+    use rcgen::SanType;
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 10);
+    let ca = make_ca("case-export test CA");
+    let rogue = make_ca("some other CA");
+    let server_leaf = make_leaf(
+        &ca,
+        "localhost",
+        vec![
+            SanType::DnsName("localhost".try_into().expect("dns")),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ],
+        true,
+    );
+    let client = make_leaf(&ca, "case-mgmt", vec![uri(SPIFFE_ID)], false);
+    let stranger = make_leaf(
+        &ca,
+        "case-mgmt",
+        vec![uri("spiffe://example.org/svc/unknown")],
+        false,
+    );
+    let cn_only = make_leaf(&ca, "legacy-batch", vec![], false);
+    // Same identity, wrong issuer.
+    let impostor = make_leaf(&rogue, "case-mgmt", vec![uri(SPIFFE_ID)], false);
+
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p
+    };
+    let tls = TlsConfig {
+        cert: write("server.pem", &server_leaf.0),
+        key: write("server.key", &server_leaf.1),
+        client_ca: Some(write("ca.pem", &ca.pem)),
+    };
+    let mut principals = standard_principals();
+    principals.push(PrincipalConfig {
+        tls_identity: Some(SPIFFE_ID.into()),
+        ..principal("case-mgmt", None, &[Role::Exporter])
+    });
+    principals.push(PrincipalConfig {
+        tls_identity: Some("legacy-batch".into()),
+        ..principal("legacy-batch", None, &[Role::Exporter])
+    });
+    let mut cfg = base_config(dir.path(), &db, principals);
+    cfg.tls = Some(tls);
+    let srv = Srv::start(cfg).await;
+    let url = format!("https://localhost:{}", srv.addr.port());
+    let case = &cases[0].0;
+
+    // The SPIFFE identity names the principal; no token is sent.
+    let export_id = tls_export(&url, tls_options(&ca, Some(&client), None), case)
+        .await
+        .expect("mTLS export");
+    let all = srv
+        .wait_events("the mTLS export's end", |ev| {
+            ev.iter().any(|(_, e, _)| e.kind == Kind::Completed)
+        })
+        .await;
+    let rid = all
+        .iter()
+        .find(|(_, e, _)| e.export_id.as_deref() == Some(export_id.as_str()))
+        .map(|(_, e, _)| e.request_id.clone())
+        .expect("events of the export");
+    let evs = of_request(&all, &rid);
+    assert_eq!(
+        kinds(&evs),
+        [Kind::Attempt, Kind::Started, Kind::Sealed, Kind::Completed]
+    );
+    for e in &evs {
+        assert_eq!(e.tls_identity.as_deref(), Some(SPIFFE_ID), "{e:#?}");
+        assert_eq!(e.principal.as_deref(), Some("case-mgmt"));
+    }
+
+    // Without a SPIFFE URI SAN the subject CN is the identity.
+    tls_export(&url, tls_options(&ca, Some(&cn_only), None), case)
+        .await
+        .expect("CN identity export");
+
+    // A certificate of the right CA naming no principal is refused and
+    // the refusal is on record with the identity it presented.
+    srv.settle().await;
+    let before = srv.last_seq();
+    let e = tls_export(&url, tls_options(&ca, Some(&stranger), None), case)
+        .await
+        .expect_err("unknown identity");
+    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+    let all = srv
+        .wait_events("the stranger's denial", |ev| {
+            ev.iter()
+                .any(|(s, e, _)| *s > before && e.kind == Kind::Denied)
+        })
+        .await;
+    let new: Vec<Event> = all
+        .into_iter()
+        .filter(|(s, _, _)| *s > before)
+        .map(|(_, e, _)| e)
+        .collect();
+    assert_eq!(kinds(&new), [Kind::Attempt, Kind::Denied]);
+    assert_eq!(
+        new[0].tls_identity.as_deref(),
+        Some("spiffe://example.org/svc/unknown")
+    );
+    assert_eq!(
+        detail(&new[0])["reason"],
+        "certificate identity names no principal"
+    );
+
+    // A certificate from another CA, even naming a known identity, gets
+    // nowhere: the handshake fails, or the call is denied.
+    srv.settle().await;
+    let before = srv.last_seq();
+    let e = tls_export(&url, tls_options(&ca, Some(&impostor), None), case)
+        .await
+        .expect_err("a certificate of another CA must not work");
+    assert!(
+        !matches!(e, ClientError::Protocol(_) | ClientError::Io(_)),
+        "{e:?}"
+    );
+    // Give a denial, if there is one, the time to land, using a later call
+    // that is itself recorded as a marker.
+    tls_export(&url, tls_options(&ca, None, Some(TEST_TOKEN)), case)
+        .await
+        .expect("token over TLS without a client certificate");
+    let all = srv
+        .wait_events("the token export's end", |ev| {
+            ev.iter()
+                .filter(|(s, e, _)| *s > before && e.kind == Kind::Completed)
+                .count()
+                == 1
+        })
+        .await;
+    let new: Vec<&Event> = all
+        .iter()
+        .filter(|(s, _, _)| *s > before)
+        .map(|(_, e, _)| e)
+        .collect();
+    let impostor_events: Vec<&&Event> = new
+        .iter()
+        .filter(|e| e.principal.as_deref() != Some("test-service"))
+        .collect();
+    assert!(
+        impostor_events
+            .iter()
+            .all(|e| matches!(e.kind, Kind::Attempt | Kind::Denied)),
+        "{impostor_events:#?}"
+    );
+    // The token caller without a certificate: right principal, no identity.
+    let token_call: Vec<&&Event> = new
+        .iter()
+        .filter(|e| e.principal.as_deref() == Some("test-service"))
+        .collect();
+    assert_eq!(token_call.len(), 4, "{token_call:#?}");
+    assert!(token_call.iter().all(|e| e.tls_identity.is_none()));
+
+    // No certificate and no token: refused.
+    let e = tls_export(&url, tls_options(&ca, None, None), case)
+        .await
+        .expect_err("no credentials");
+    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// `token new`
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_new_prints_a_token_and_a_working_principal_block() {
+    let dir = TempDir::new().expect("tempdir");
+    let o =
+        common::run(common::bin().args(["token", "new", "--name", "svc", "--roles", "exporter"]));
+    assert!(o.status.success(), "{}", common::stderr_of(&o));
+    let text = common::stdout_of(&o);
+    let token = text.lines().next().expect("token line").to_string();
+    assert!(
+        token.starts_with("cxt_") && token.len() == 68 && !token.contains(' '),
+        "{token:?}"
+    );
+    let block = &text[text.find("[[principals]]").expect("principals block")..];
+    assert!(!block.contains(&token), "the block must not hold the token");
+    let parsed = Config::from_toml(block, Path::new("block.toml")).expect("block parses");
+    assert_eq!(parsed.principals.len(), 1);
+    let p = &parsed.principals[0];
+    assert_eq!(p.name, "svc");
+    assert_eq!(p.roles, [Role::Exporter]);
+    assert_eq!(p.token_sha256.as_deref(), Some(digest(&token).as_str()));
+    assert!(p.tenants.is_none() && p.tls_identity.is_none());
+
+    // A server configured with exactly that block accepts the token.
+    let seeded = common::seed_db(dir.path());
+    let config = dir.path().join("svc.toml");
+    std::fs::write(&config, block).expect("write config");
+    let audit_db = dir.path().join("audit.db");
+    let server =
+        ServerProcess::start_custom(&config, &seeded.path, &audit_db, dir.path(), &[], |_| {});
+    let receipt = ExportClient::connect_with(&server.url(), options(Some(&token), Some("a.n")))
+        .await
+        .expect("connect")
+        .export_case(
+            &seeded.case_ids[0],
+            PURPOSE,
+            &mut tokio::io::sink(),
+            |_, _| {},
+        )
+        .await
+        .expect("export with the new token");
+    let e = ExportClient::connect_with(&server.url(), common::test_client_options())
+        .await
+        .expect("connect")
+        .export_case(
+            &seeded.case_ids[0],
+            PURPOSE,
+            &mut tokio::io::sink(),
+            |_, _| {},
+        )
+        .await
+        .expect_err("another token is unknown to this server");
+    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+    let all = wait_for("the export's completed event", || {
+        let ev = audit_events(&audit_db);
+        ev.iter()
+            .any(|(_, e, _)| {
+                e.kind == Kind::Completed && e.export_id.as_deref() == Some(&receipt.export_id)
+            })
+            .then_some(ev)
+    })
+    .await;
+    let done = all
+        .iter()
+        .find(|(_, e, _)| e.kind == Kind::Completed)
+        .map(|(_, e, _)| e)
+        .expect("completed");
+    assert_eq!(done.principal.as_deref(), Some("svc"));
+    assert!(server.terminate().success());
+}
+
+/// The custody record fails while the client is slow, so the last chunk
+/// still fills the stream's buffer when the producer wants to report the
+/// failure. The stream must still end with an error, never with OK and no
+/// key, and the trail must not call the export `completed`. (Regression:
+/// `Outbox::fail` used to drop the status when the buffer was full.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 1, 400);
+    // The snapshot's size, from a first export.
+    let probe_dir = TempDir::new().expect("probe dir");
+    let probe = Srv::start(base_config(probe_dir.path(), &db, standard_principals())).await;
+    let mut c = raw_export(&probe.url, false).await;
+    let first = c
+        .export_case(with_creds(
+            export_req(&cases[0].0),
+            Some(TEST_TOKEN),
+            Some(TEST_ANALYST),
+        ))
+        .await
+        .expect("probe export")
+        .into_inner()
+        .message()
+        .await
+        .expect("probe header")
+        .and_then(|m| m.message);
+    let Some(Msg::Header(probed)) = first else {
+        panic!("no header")
+    };
+    drop(c);
+    probe.stop().await;
+    // Three chunks, each larger than the client's window: the server's
+    // HTTP/2 stream holds one, hyper one more, and the stream's buffer
+    // (depth 1) the last, so the producer finishes sealing while the
+    // buffer is full.
+    let chunk_size = probed.plaintext_size.div_ceil(3) as usize;
+    assert!(chunk_size > 64 * 1024, "case too small: {probed:?}");
+    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    cfg.chunk_size = chunk_size;
+    cfg.channel_depth = 1;
+    let srv = Srv::start(cfg).await;
+    break_store(&srv.audit_db, Some("sealed"));
+    let mut client = raw_export(&srv.url, true).await;
+    let mut stream = client
+        .export_case(with_creds(
+            export_req(&cases[0].0),
+            Some(TEST_TOKEN),
+            Some(TEST_ANALYST),
+        ))
+        .await
+        .expect("export starts")
+        .into_inner();
+    let Some(Msg::Header(h)) = stream
+        .message()
+        .await
+        .expect("header")
+        .and_then(|m| m.message)
+    else {
+        panic!("no header")
+    };
+    assert_eq!(h.chunk_count, 3, "premise: a three-chunk export");
+    // The client reads nothing more until the custody record has failed
+    // (the store reports unhealthy only after that write failed).
+    wait_health(&srv.url, ServingStatus::NotServing).await;
+    heal_store(&srv.audit_db);
+    let mut chunks = 0;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(m)) => match m.message {
+                Some(Msg::Chunk(_)) => chunks += 1,
+                Some(Msg::Key(_)) => panic!("a key left without its custody record"),
+                other => panic!("unexpected message {other:?}"),
+            },
+            Ok(None) => break None,
+            Err(s) => break Some(s),
+        }
+    };
+    assert_eq!(chunks, 3);
+    let evs = srv.wait_export_end(&cases[0].0).await;
+    let terminal = evs.last().expect("terminal");
+    assert_eq!(
+        (terminal.kind, terminal.code.as_deref()),
+        (Kind::Failed, Some("UNAVAILABLE")),
+        "the trail records a key release that did not happen: {evs:#?}"
+    );
+    let status = end.expect("the stream ended OK without a key");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    srv.stop().await;
+}
