@@ -66,7 +66,17 @@ impl ExportError {
             SnapshotError::Unavailable(_) | SnapshotError::Busy(_) => {
                 Self::SourceUnavailable(e.to_string())
             }
-            SnapshotError::Schema(_) | SnapshotError::Internal(_) => {
+            // A database without the configured case table is unusable as a
+            // source, like a missing one; the details are for the operator.
+            SnapshotError::Schema(_) => {
+                tracing::error!(export_id, error = %e, "case database does not fit the scope configuration");
+                Self::SourceUnavailable(
+                    "case database unavailable: it does not match the server's case scope \
+                     configuration"
+                        .into(),
+                )
+            }
+            SnapshotError::Internal(_) => {
                 tracing::error!(export_id, error = %e, source = ?std::error::Error::source(&e), "snapshot failed");
                 Self::Internal(export_id.to_string())
             }

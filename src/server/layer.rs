@@ -240,6 +240,19 @@ fn status_of(headers: &http::HeaderMap) -> Option<Code> {
         .map(Code::from)
 }
 
+/// tonic answers a request it cannot decode (say, a string field that is
+/// not UTF-8) with INTERNAL; it is the caller's error, so say so.
+fn caller_error_for_undecodable_request(headers: &mut http::HeaderMap) {
+    let undecodable = status_of(headers) == Some(Code::Internal)
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            m.starts_with(b"failed to decode") || m.starts_with(b"failed%20to%20decode")
+        });
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+}
+
 /// Adds audit end events to the calls of this crate's services.
 #[derive(Clone)]
 pub struct AuditLayer {
@@ -317,7 +330,8 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             // If this future is dropped first, `terminal` records the cancel.
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            caller_error_for_undecodable_request(resp.headers_mut());
             if let Some(code) = status_of(resp.headers()) {
                 terminal.finish(Some(code));
                 return Ok(resp.map(|b| AuditBody {
