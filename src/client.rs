@@ -19,7 +19,12 @@ use zeroize::Zeroizing;
 pub enum ClientError {
     /// The server could not be reached.
     #[error("cannot connect to {endpoint}: {message}")]
-    Connect { endpoint: String, message: String },
+    Connect {
+        /// The endpoint URL that was dialled.
+        endpoint: String,
+        /// Why the connection or its TLS setup failed.
+        message: String,
+    },
     /// The request was malformed (INVALID_ARGUMENT).
     #[error("request refused: {0}")]
     InvalidArgument(String),
@@ -43,7 +48,12 @@ pub enum ClientError {
     Unavailable(String),
     /// Any other status.
     #[error("export failed ({code:?}): {message}")]
-    Other { code: Code, message: String },
+    Other {
+        /// The gRPC status code returned.
+        code: Code,
+        /// The status message from the server.
+        message: String,
+    },
     /// The stream broke the protocol (order, counts or digest).
     #[error("the server's stream is invalid: {0}")]
     Protocol(String),

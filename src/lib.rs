@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! case-export: sealed offline copies of investigation cases over gRPC.
 //!
 //! The library holds the server, the internal client other services link,

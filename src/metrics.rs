@@ -14,14 +14,23 @@ type Labels = Vec<(&'static str, String)>;
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Export calls that passed authentication and got their attempt recorded.
     pub exports_started: Counter,
+    /// Finished export calls, labelled by outcome and gRPC code.
     pub exports_finished: Family<Labels, Counter>,
+    /// Ciphertext bytes sent in chunk messages.
     pub bytes_streamed: Counter,
+    /// Seconds from call to end, for completed exports only.
     pub export_duration: Histogram,
+    /// Size in bytes of each built snapshot.
     pub snapshot_size: Histogram,
+    /// Exports running now; refreshed when `/metrics` is scraped.
     pub exports_in_flight: Gauge,
+    /// Memory-budget bytes reserved by running exports; refreshed on scrape.
     pub snapshot_bytes_held: Gauge,
+    /// Seconds taken by each audit batch commit, failed or not.
     pub audit_write_seconds: Histogram,
+    /// Audit batch commits that failed (the events stay queued and are retried).
     pub audit_write_failures: Counter,
 }
 

@@ -13,6 +13,7 @@ use rusqlite::{CachedStatement, Connection, TransactionBehavior, params};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+/// The demo case database's schema (`schema/cases.sql`), as SQL to execute.
 pub const SCHEMA_SQL: &str = include_str!("../schema/cases.sql");
 
 /// Every table the schema creates, parents before children.
@@ -47,11 +48,16 @@ macro_rules! w {
     }};
 }
 
+/// What the demo generator produces; the same options give the same database.
 #[derive(Debug, Clone)]
 pub struct SeedOptions {
+    /// Number of cases to generate; at least 1.
     pub cases: u32,
+    /// Transactions per case; the other per-case tables get set fractions of it.
     pub rows_per_case: u32,
+    /// Seed of the random generator that makes the output deterministic.
     pub seed: u64,
+    /// Tenant names cases are spread over at random; none may be empty.
     pub tenants: Vec<String>,
 }
 
@@ -66,11 +72,16 @@ impl Default for SeedOptions {
     }
 }
 
+/// What a seeding run produced.
 #[derive(Debug, Clone)]
 pub struct SeedReport {
+    /// Ids (UUIDs) of the generated cases, in generation order.
     pub case_ids: Vec<String>,
+    /// Rows inserted, over all tables.
     pub rows: u64,
+    /// Size of the database once the WAL is folded in, in bytes.
     pub bytes: u64,
+    /// Wall time spent applying the schema and filling the database.
     pub elapsed: Duration,
 }
 
@@ -86,18 +97,30 @@ impl SeedReport {
     }
 }
 
+/// Why the demo database could not be seeded.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
+    /// The path already exists and is not an empty file.
     #[error("{} already exists: pass a new path", .0.display())]
     Exists(PathBuf),
+    /// The database file could not be created or inspected.
     #[error("cannot create {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// `cases` was 0.
     #[error("no cases requested: ask for at least one case")]
     NoCases,
+    /// No tenants were given, or one of them is empty.
     #[error("no tenant names given: pass at least one non-empty tenant")]
     NoTenants,
+    /// The named table already holds rows, whose ids would collide.
     #[error("table {0} already has rows: seed into a new database")]
     NotEmpty(&'static str),
+    /// A SQLite operation failed.
     #[error("sqlite error while seeding: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -50,12 +50,18 @@ impl CheckpointSigner {
 /// The head of one log at one moment, optionally signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The log this checkpoint is for: its 16 random bytes as 32 hex digits.
     pub log_id: String,
+    /// Sequence number of the last written event (0 for an empty log).
     pub seq: u64,
+    /// Hash of the last written event (the genesis hash if empty), hex.
     pub head_hash: String,
+    /// When the checkpoint was made, RFC 3339 UTC.
     pub ts: String,
+    /// The signer's Ed25519 public key as hex, when signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The Ed25519 signature over the checkpoint as hex, when signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
 }

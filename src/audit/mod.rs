@@ -80,6 +80,7 @@ impl Kind {
 pub struct Event {
     /// RFC 3339 UTC.
     pub ts: String,
+    /// What this event records.
     pub kind: Kind,
     /// Correlates the events of one call.
     pub request_id: String,
@@ -93,8 +94,11 @@ pub struct Event {
     pub peer: Option<String>,
     /// Client certificate identity, with mTLS.
     pub tls_identity: Option<String>,
+    /// The case, once the request has passed validation.
     pub case_id: Option<String>,
+    /// The export's 32 hex digits, as in the chunk headers and `ExportHeader`.
     pub export_id: Option<String>,
+    /// The request's stated purpose, once the request has passed validation.
     pub purpose: Option<String>,
     /// gRPC code name, for terminal events.
     pub code: Option<String>,
@@ -102,6 +106,7 @@ pub struct Event {
     pub detail: Option<String>,
     /// Server instance and version.
     pub instance: String,
+    /// The `case-export` version that wrote the event.
     pub version: String,
 }
 

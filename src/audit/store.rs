@@ -66,7 +66,12 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 pub enum AuditError {
     /// The database cannot be opened or created.
     #[error("cannot open the audit database {path}: {message}")]
-    Open { path: PathBuf, message: String },
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A write failed; the event stays queued and is retried.
     #[error("the audit store cannot write: {0}")]
     Write(String),
@@ -78,8 +83,11 @@ pub enum AuditError {
 /// The last committed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
+    /// The 16 random bytes naming this log.
     pub log_id: [u8; 16],
+    /// Sequence number of the last committed event; 0 for an empty log.
     pub seq: u64,
+    /// Hash of the last committed event; the genesis hash for an empty log.
     pub hash: [u8; 32],
 }
 
@@ -168,8 +176,11 @@ pub struct AuditWriter {
 
 /// Checkpoint settings for the writer.
 pub struct CheckpointConfig {
+    /// Interval between periodic checkpoints (skipped if nothing was written).
     pub every: Duration,
+    /// JSON-lines file each checkpoint is appended to, if any.
     pub file: Option<PathBuf>,
+    /// Key that signs each checkpoint; unsigned when `None`.
     pub signer: Option<CheckpointSigner>,
 }
 

@@ -199,12 +199,15 @@ pub fn verify_log(
 /// Which events `list_events` returns.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
+    /// Only events for this case.
     pub case_id: Option<String>,
+    /// Only events by this authenticated principal.
     pub principal: Option<String>,
     /// RFC 3339; events at or after.
     pub since: Option<String>,
     /// RFC 3339; events before.
     pub until: Option<String>,
+    /// At most this many events; all when `None`.
     pub limit: Option<u64>,
 }
 

@@ -22,34 +22,64 @@ pub enum OpenError {
     Empty,
     /// A token did not authenticate under the key.
     #[error("chunk {index} failed authentication: wrong key or corrupted file")]
-    Auth { index: u64 },
+    Auth {
+        /// Zero-based position of the chunk in the file.
+        index: u64,
+    },
     /// A line is longer than any valid token.
     #[error("chunk {index} is longer than any chunk token: not a case-export file")]
-    LineTooLong { index: u64 },
+    LineTooLong {
+        /// Zero-based position of the chunk in the file.
+        index: u64,
+    },
     /// An authenticated chunk is not a valid chunk of this format.
     #[error("chunk {index} is malformed: {what}")]
-    Malformed { index: u64, what: &'static str },
+    Malformed {
+        /// Zero-based position of the chunk in the file.
+        index: u64,
+        /// Which rule of the format the chunk breaks.
+        what: &'static str,
+    },
     /// Chunk indices do not run 0, 1, 2, ...
     #[error(
         "chunk {found} found where chunk {expected} was expected: \
          chunks were dropped, repeated or reordered"
     )]
-    OutOfOrder { expected: u64, found: u64 },
+    OutOfOrder {
+        /// The index due at this position in the file.
+        expected: u64,
+        /// The index the chunk's header carries.
+        found: u64,
+    },
     /// A chunk of another export was spliced in.
     #[error("chunk {index} belongs to another export: the file was spliced")]
-    OtherExport { index: u64 },
+    OtherExport {
+        /// Zero-based position of the chunk in the file.
+        index: u64,
+    },
     /// The file ends before its final chunk.
     #[error("file ends before the final chunk: truncated export")]
     Truncated,
     /// Something follows the final chunk.
     #[error("data follows the final chunk {last}: the file was altered")]
-    TrailingData { last: u64 },
+    TrailingData {
+        /// Index of the final chunk.
+        last: u64,
+    },
     /// The last line has no newline: the file was cut or altered.
     #[error("chunk {index} is not followed by a newline: the file was truncated or altered")]
-    MissingNewline { index: u64 },
+    MissingNewline {
+        /// Zero-based position of the chunk in the file.
+        index: u64,
+    },
     /// The declared size is above what this reader accepts.
     #[error("the export declares {declared} bytes, over this reader's limit of {limit} bytes")]
-    TooLarge { declared: u64, limit: u64 },
+    TooLarge {
+        /// Plaintext size the first chunk declares, in bytes.
+        declared: u64,
+        /// This reader's plaintext size limit, in bytes.
+        limit: u64,
+    },
 }
 
 /// A verified, decrypted export.

@@ -17,11 +17,15 @@ pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
 /// An authenticated caller, attached to the request for the handler.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The configured principal's name, as recorded in the audit trail.
     pub name: String,
+    /// The roles the configuration grants it.
     pub roles: Vec<Role>,
     /// `None`: every tenant.
     pub tenants: Option<Vec<String>>,
+    /// The client certificate's identity (SPIFFE URI SAN, else CN), if one was presented.
     pub tls_identity: Option<String>,
+    /// The analyst named in `x-on-behalf-of`, if the call sent one.
     pub on_behalf_of: Option<String>,
 }
 

@@ -18,17 +18,29 @@ pub enum ConfigError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     /// The TOML is malformed or has an unknown key or a wrong type; the
     /// message names the key and line.
     #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file holding the bad TOML.
+        path: PathBuf,
+        /// The parser's complaint, with line and column.
+        message: String,
+    },
     /// A value is out of its allowed range.
     #[error("invalid config value for `{key}`: {message}")]
-    Value { key: &'static str, message: String },
+    Value {
+        /// The configuration key whose value is refused.
+        key: &'static str,
+        /// What is wrong with the value.
+        message: String,
+    },
 }
 
 /// The whole server configuration.
@@ -98,7 +110,9 @@ struct PrincipalsFile {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM file of the server certificate (chain).
     pub cert: PathBuf,
+    /// PEM file of the private key of `cert`.
     pub key: PathBuf,
     /// With a client CA, client certificates are checked and their identity
     /// (SPIFFE URI SAN, else subject CN) can name a principal.
@@ -138,6 +152,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name as written in the configuration.
     pub fn as_str(&self) -> &'static str {
         match self {
             Role::Exporter => "exporter",
@@ -151,11 +166,13 @@ impl Role {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
+    /// The principal's name, recorded in every audit event of its calls.
     pub name: String,
     /// Hex SHA-256 of the bearer token; the token itself is never stored.
     pub token_sha256: Option<String>,
     /// Client certificate identity that names this principal with mTLS.
     pub tls_identity: Option<String>,
+    /// The services this principal may call.
     pub roles: Vec<Role>,
     /// When set, only cases of these tenants are visible.
     pub tenants: Option<Vec<String>>,

@@ -56,7 +56,9 @@ pub enum ServeError {
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The gRPC, metrics or health address that could not be bound.
         addr: SocketAddr,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },

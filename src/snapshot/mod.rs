@@ -29,7 +29,10 @@ pub enum SnapshotError {
     Busy(Duration),
     /// The snapshot would exceed the configured ceiling.
     #[error("the case is larger than this server's snapshot ceiling of {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The size ceiling that was hit, in bytes.
+        limit: u64,
+    },
     /// The source schema does not fit the configured scope.
     #[error("case database schema does not match the configuration: {0}")]
     Schema(String),

@@ -8,12 +8,19 @@ use serde::Serialize;
 /// The `_export_manifest` row of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Manifest {
+    /// Version of the sealed format (docs/FORMAT.md); currently 1.
     pub format_version: u32,
+    /// The export's 32 lowercase hex digits, as sealed in every chunk header.
     pub export_id: String,
+    /// The case id as requested: the root row's key value.
     pub case_id: String,
+    /// The configured table whose one row is the case.
     pub root_table: String,
+    /// When the export started, RFC 3339 UTC.
     pub created_at: String,
+    /// SHA-256 fingerprint of the whole source schema, lowercase hex.
     pub source_schema_sha256: String,
+    /// Version of `case-export` that built the snapshot.
     pub tool_version: String,
     /// Rows per table as recorded at export time, sorted by table.
     pub row_counts: Vec<(String, u64)>,
