@@ -46,6 +46,31 @@ pub(crate) struct ScopeTable {
     pub identity: Vec<String>,
     /// Foreign keys to tables of the graph (the rest are left as values).
     pub fks: Vec<ForeignKey>,
+    /// Columns that can never be NULL (NOT NULL, or the rowid alias).
+    pub not_null: BTreeSet<String>,
+}
+
+impl ScopeTable {
+    /// The foreign keys whose edges can bring rows in. A row needs every
+    /// non-NULL in-graph key to point at a copied row, so when one key can
+    /// never be NULL, every row comes through that key's edge alone.
+    fn driving_fks(&self) -> Vec<usize> {
+        let mandatory = self
+            .fks
+            .iter()
+            .position(|fk| fk.from.iter().all(|c| self.not_null.contains(c)));
+        match mandatory {
+            Some(i) => vec![i],
+            None => (0..self.fks.len()).collect(),
+        }
+    }
+}
+
+fn not_null_columns(conn: &Connection, table: &str) -> rusqlite::Result<BTreeSet<String>> {
+    let mut st =
+        conn.prepare("SELECT name FROM src.pragma_table_info(?1) WHERE \"notnull\" = 1")?;
+    let rows = st.query_map([table], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// The tables a case can reach, in breadth-first order from the root.
@@ -202,7 +227,12 @@ impl ScopeGraph {
                 } else {
                     vec!["rowid".to_string()]
                 };
+                let mut not_null = not_null_columns(conn, &name).map_err(internal)?;
+                if identity.len() == 1 && identity[0] != "rowid" {
+                    not_null.insert(identity[0].clone());
+                }
                 Ok(ScopeTable {
+                    not_null,
                     fks: fks
                         .into_iter()
                         .filter(|fk| seen.contains(&fk.parent))
@@ -246,7 +276,7 @@ impl ScopeGraph {
             .tables
             .iter()
             .enumerate()
-            .flat_map(|(ti, t)| (0..t.fks.len()).map(move |fi| (ti, fi)))
+            .flat_map(|(ti, t)| t.driving_fks().into_iter().map(move |fi| (ti, fi)))
             .collect();
         let sqls: Vec<String> = edges
             .iter()
@@ -328,13 +358,21 @@ impl ScopeGraph {
         ));
         // CROSS JOIN keeps the (small) copied parents as the outer loop, so
         // the source is probed through its index on the foreign key.
+        // Inserting in key order appends to the b-tree instead of splitting
+        // pages all over it.
+        let order: Vec<String> = t
+            .identity
+            .iter()
+            .map(|c| format!("s.{}", ident(c)))
+            .collect();
         format!(
             "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM main.{pn} AS p \
-             CROSS JOIN src.{tn} AS s ON {on} WHERE {conds}",
+             CROSS JOIN src.{tn} AS s ON {on} WHERE {conds} ORDER BY {order}",
             tn = ident(&t.name),
             pn = ident(&fk.parent),
             on = on.join(" AND "),
             conds = conds.join(" AND "),
+            order = order.join(", "),
         )
     }
 }
