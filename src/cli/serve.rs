@@ -1,7 +1,7 @@
 //! `serve`: the config file, then `CASE_EXPORT_*` variables and flags on top.
 
 use super::{CliError, CliResult, LogFormat, init_logging, runtime};
-use case_export::server::{self, Config};
+use case_export::server::{self, Config, ConfigError};
 use clap::Args;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -47,41 +47,65 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The file's config with every given flag or variable applied.
     pub fn resolve(&self) -> Result<Config, CliError> {
+        // Keys set by a flag or variable: a refusal of those names no line.
+        let mut overridden: Vec<&str> = Vec::new();
         let mut c = match &self.config {
             Some(p) => Config::load(p).map_err(|e| CliError::new(e.to_string()))?,
             None => Config::default(),
         };
         if let Some(v) = self.listen {
+            overridden.push("listen");
             c.listen = v;
         }
         if let Some(v) = &self.case_db {
+            overridden.push("case_db");
             c.case_db = v.clone();
         }
         if let Some(v) = &self.audit_db {
+            overridden.push("audit_db");
             c.audit_db = v.clone();
         }
         if let Some(v) = self.chunk_size {
+            overridden.push("chunk_size");
             c.chunk_size = v;
         }
         if let Some(v) = self.max_snapshot_bytes {
+            overridden.push("max_snapshot_bytes");
             c.max_snapshot_bytes = v;
         }
         if let Some(v) = self.max_in_flight {
+            overridden.push("max_in_flight");
             c.max_in_flight = v;
         }
         if let Some(v) = self.seal_workers {
+            overridden.push("seal_workers");
             c.seal_workers = v;
         }
         if let Some(v) = &self.instance_id {
+            overridden.push("instance_id");
             c.instance_id = v.clone();
         }
         if let Some(v) = self.metrics_listen {
+            overridden.push("metrics_listen");
             c.metrics_listen = Some(v);
         }
         if let Some(v) = self.shutdown_grace_secs {
+            overridden.push("shutdown_grace_secs");
             c.shutdown_grace_secs = v;
         }
-        c.validate().map_err(|e| CliError::new(e.to_string()))?;
+        c.validate().map_err(|e| {
+            // Name the line when the refused value came from the file.
+            let from_flag =
+                matches!(&e, ConfigError::Value { key, .. } if overridden.contains(key));
+            let e = match &self.config {
+                Some(p) if !from_flag => match std::fs::read_to_string(p) {
+                    Ok(text) => e.locate_in(&text),
+                    Err(_) => e,
+                },
+                _ => e,
+            };
+            CliError::new(e.to_string())
+        })?;
         Ok(c)
     }
 }

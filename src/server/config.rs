@@ -34,13 +34,45 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is out of its allowed range.
-    #[error("invalid config value for `{key}`: {message}")]
+    #[error("invalid config value for `{key}`{}: {message}", line_note(*.line))]
     Value {
         /// The configuration key whose value is refused.
         key: &'static str,
         /// What is wrong with the value.
         message: String,
+        /// Line of the config file where the key is set, when known.
+        line: Option<usize>,
     },
+}
+
+fn line_note(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+impl ConfigError {
+    /// Adds the line where a refused key is set in `text`, if it is there.
+    pub fn locate_in(self, text: &str) -> Self {
+        match self {
+            ConfigError::Value {
+                key,
+                message,
+                line: None,
+            } => {
+                let name = key.rsplit('.').next().unwrap_or(key);
+                let line = text.lines().position(|l| {
+                    let l = l.trim_start();
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                });
+                ConfigError::Value {
+                    key,
+                    message,
+                    line: line.map(|i| i + 1),
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// The whole server configuration.
@@ -245,7 +277,7 @@ impl Config {
             path: path.to_path_buf(),
             message: one_line(text, &e),
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.locate_in(text))?;
         Ok(cfg)
     }
 
@@ -279,7 +311,13 @@ impl Config {
 
     /// Checks ranges that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let v = |key, message: String| Err(ConfigError::Value { key, message });
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
             return v(
                 "chunk_size",

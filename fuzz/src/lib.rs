@@ -1,0 +1,4 @@
+//! Helpers shared by the fuzz targets (and, by path, by
+//! tests/hostile_input.rs).
+
+pub mod oracle;

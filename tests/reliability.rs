@@ -1,0 +1,992 @@
+//! Faults and load against a real server on 127.0.0.1:0: clients that leave
+//! at each point of a stream, a source held by writers, a source that goes
+//! missing or corrupt, slow readers, shutdown with exports in flight, a
+//! burst of calls and connections, the memory budget, and the process
+//! limits of the real binary.
+//!
+//! Every wait is bounded; no assertion is about how long something takes.
+//! Orderings are proven by states that cannot be reached otherwise (a
+//! stalled reader, a held lock), never by sleeping.
+
+mod support;
+
+use case_export::audit::{Event, Kind, verify_log};
+use case_export::client::{ClientError, Receipt};
+use case_export::pb::export_case_response::Message as Msg;
+use case_export::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader};
+use case_export::seal::{SecretKey, open_reader};
+use case_export::seed::SeedOptions;
+use case_export::server::Config;
+use rusqlite::Connection;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use support::*;
+use tonic::{Code, Status, Streaming};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const PURPOSE: &str = "TICKET-5150: reliability test";
+/// Against hangs only: nothing here is expected to take more than a few
+/// seconds, except a shutdown that may wait out grace + 5 s.
+const BOUND: Duration = Duration::from_secs(30);
+/// How long a state that must come (a freed slot, an audit event, a health
+/// status) may take to show.
+const DEADLINE: Duration = Duration::from_secs(10);
+const READ_LIMIT: u64 = 1 << 30;
+/// Granularity of the server's memory budget (src/server/budget.rs).
+const BUDGET_UNIT: u64 = 64 * 1024;
+
+/// Cases of ~360 KiB: about 90 chunks of 4 KiB, far more than a 64 KiB
+/// window and a short channel hold, so a reader that stops stalls the
+/// server's producer.
+fn big_seed() -> SeedOptions {
+    SeedOptions {
+        rows_per_case: 400,
+        ..small_seed()
+    }
+}
+
+/// Many small chunks and a one-message channel.
+fn stall_prone(c: &mut Config) {
+    c.chunk_size = 4096;
+    c.channel_depth = 1;
+    c.seal_workers = 1;
+}
+
+fn request(case_id: &str) -> ExportCaseRequest {
+    ExportCaseRequest {
+        case_id: case_id.to_string(),
+        purpose: PURPOSE.to_string(),
+    }
+}
+
+fn with_metrics(c: &mut Config) {
+    c.metrics_listen = Some(free_loopback_addr());
+}
+
+fn metrics_addr(server: &TestServer) -> SocketAddr {
+    server.config.metrics_listen.expect("metrics_listen is set")
+}
+
+/// One sample (summed over matching label sets; 0 when absent). The
+/// listener starts with the server task, so the first scrape may retry.
+async fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let addr = metrics_addr(server);
+    let text = eventually("a metrics scrape", DEADLINE, || scrape_metrics(addr)).await;
+    metric_value(&text, name, labels).unwrap_or(0.0)
+}
+
+/// The metrics registry is process-wide: tests that make or count
+/// cancelled calls run one at a time within this test binary (`cargo test`
+/// runs a binary's tests as threads of one process).
+static CANCEL_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `exports_finished{outcome="cancelled"}`, all codes.
+async fn cancelled_count(server: &TestServer) -> f64 {
+    metric(
+        server,
+        "case_export_exports_finished_total",
+        &[("outcome", "cancelled")],
+    )
+    .await
+}
+
+/// Bytes the memory budget says running exports hold now.
+async fn bytes_held(server: &TestServer) -> u64 {
+    metric(server, "case_export_snapshot_bytes_held", &[]).await as u64
+}
+
+/// What an export holds of the budget once its snapshot is built: its
+/// snapshot and its stream buffers, in whole budget units.
+fn held_for(plaintext: u64, config: &Config) -> u64 {
+    (plaintext + config.stream_buffer_bytes()).div_ceil(BUDGET_UNIT) * BUDGET_UNIT
+}
+
+/// Opens an export with its key and checks it against the receipt.
+#[track_caller]
+fn verify_receipt(enc: &[u8], receipt: &Receipt) {
+    let opened = open_reader(BufReader::new(enc), &receipt.key, READ_LIMIT)
+        .expect("the export opens with its key");
+    assert_eq!(hex::encode(opened.sha256), receipt.ciphertext_sha256);
+    assert_eq!(opened.plaintext.len() as u64, receipt.plaintext_size);
+    assert_eq!(&opened.plaintext[..16], b"SQLite format 3\0");
+}
+
+/// One export through the library client, opened and checked.
+async fn export_verified(url: &str, case_id: &str) -> Result<Receipt, ClientError> {
+    let mut enc = Vec::new();
+    let receipt = client(url)
+        .await
+        .export_case(case_id, PURPOSE, &mut enc, |_, _| {})
+        .await?;
+    verify_receipt(&enc, &receipt);
+    Ok(receipt)
+}
+
+/// A good export, retried while the server answers "busy" (a slot or
+/// budget not yet given back); any other failure fails the test.
+async fn good_export_eventually(url: &str, case_id: &str) -> Receipt {
+    eventually("a good export", DEADLINE, || async {
+        match export_verified(url, case_id).await {
+            Ok(r) => Ok(r),
+            Err(e @ ClientError::Busy(_)) => Err(e.to_string()),
+            Err(e) => panic!("a good export of {case_id} failed: {e}"),
+        }
+    })
+    .await
+}
+
+/// The status of a call refused before its first message.
+async fn refused(url: &str, case_id: &str) -> Status {
+    match raw_client(url)
+        .await
+        .export_case(authed(request(case_id)))
+        .await
+    {
+        Ok(_) => panic!("the export of {case_id} was accepted"),
+        Err(s) => s,
+    }
+}
+
+/// Status messages say what to do, never where the data lives.
+#[track_caller]
+fn assert_no_path(status: &Status, paths: &[&Path]) {
+    let msg = status.message();
+    for p in paths {
+        assert!(
+            !msg.contains(&*p.to_string_lossy()),
+            "message reveals {p:?}: {msg:?}"
+        );
+    }
+    for needle in ["/tmp", ".db", "file:", "select ", "sqlite_"] {
+        assert!(
+            !msg.to_ascii_lowercase().contains(needle),
+            "message contains {needle:?}: {msg:?}"
+        );
+    }
+}
+
+async fn next_message(stream: &mut Streaming<ExportCaseResponse>) -> Option<Msg> {
+    stream
+        .message()
+        .await
+        .expect("no error status mid-stream")
+        .map(|m| m.message.expect("every message sets the oneof"))
+}
+
+async fn read_header(stream: &mut Streaming<ExportCaseResponse>) -> ExportHeader {
+    match next_message(stream).await {
+        Some(Msg::Header(h)) => h,
+        other => panic!("first message is not the header: {other:?}"),
+    }
+}
+
+/// Waits until the call of `export_id` has a terminal event and returns
+/// the call's events.
+async fn call_events(audit_db: &Path, export_id: &str) -> Vec<Event> {
+    eventually("the call's terminal audit event", DEADLINE, || async {
+        let evs = events_of_export(&audit_events(audit_db), export_id);
+        if evs.iter().any(|e| e.kind.is_terminal()) {
+            Ok(evs)
+        } else {
+            Err(format!("events so far: {:?}", kinds(&evs)))
+        }
+    })
+    .await
+}
+
+fn kinds(evs: &[Event]) -> Vec<Kind> {
+    evs.iter().map(|e| e.kind).collect()
+}
+
+/// Checks the whole trail: chain intact, and every call ended (a call's
+/// end is queued as the call ends and written just after, so wait for it).
+async fn assert_trail_intact(audit_db: &Path) {
+    eventually("every call ended on record", DEADLINE, || async {
+        let conn = case_export::audit::open_log_read_only(audit_db).map_err(|e| e.to_string())?;
+        let v = verify_log(&conn, &[], None).map_err(|e| e.to_string())?;
+        assert!(v.chain_ok(), "chain problems: {:?}", v.problems);
+        if v.unterminated.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("calls without an end: {:?}", v.unterminated))
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// 1. Clients that leave: after the header, mid-stream, just before the key.
+
+#[derive(Debug, Clone, Copy)]
+enum LeaveAt {
+    AfterHeader,
+    MidStream,
+    BeforeKey,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() {
+    let _serial = CANCEL_COUNTER.lock().await;
+    let server = start_server_with(&big_seed(), |c| {
+        stall_prone(c);
+        c.max_in_flight = 1;
+        with_metrics(c);
+    })
+    .await;
+    let audit_db = server.config.audit_db.clone();
+    let case_id = server.case_ids[0].clone();
+    let cancelled_before = cancelled_count(&server).await;
+
+    for (n, leave) in [LeaveAt::AfterHeader, LeaveAt::MidStream, LeaveAt::BeforeKey]
+        .into_iter()
+        .enumerate()
+    {
+        let mut raw = raw_client_small_window(&server.url).await;
+        let mut stream = raw
+            .export_case(authed(request(&case_id)))
+            .await
+            .expect("export starts")
+            .into_inner();
+        let header = read_header(&mut stream).await;
+        assert!(header.chunk_count > 60, "case too small to stall");
+        // Just before the key: the `started` event is committed (the
+        // header came), so holding the audit database's write lock now
+        // stops the producer at the custody record, after every chunk and
+        // before the key. The writer's busy timeout is 5 s; the lock is
+        // held well under that.
+        let audit_lock = matches!(leave, LeaveAt::BeforeKey).then(|| {
+            let c = Connection::open(&audit_db).expect("open audit db");
+            c.execute_batch("BEGIN IMMEDIATE")
+                .expect("audit write lock");
+            c
+        });
+        let chunks = match leave {
+            LeaveAt::AfterHeader => 0,
+            LeaveAt::MidStream => 5,
+            LeaveAt::BeforeKey => header.chunk_count,
+        };
+        for i in 0..chunks {
+            match next_message(&mut stream).await {
+                Some(Msg::Chunk(c)) => assert_eq!(c.index, i),
+                other => panic!("expected chunk {i}, got {other:?}"),
+            }
+        }
+        drop(stream);
+        drop(raw);
+        // The server saw the client go (its end is counted at once, before
+        // it is written): only then may the producer go on.
+        eventually("the cancel is counted", DEADLINE, || async {
+            let now = cancelled_count(&server).await;
+            if now >= cancelled_before + (n + 1) as f64 {
+                Ok(())
+            } else {
+                Err(format!("cancelled = {now}"))
+            }
+        })
+        .await;
+        if let Some(c) = audit_lock {
+            c.execute_batch("ROLLBACK").expect("release the audit lock");
+        }
+
+        let evs = call_events(&audit_db, &header.export_id).await;
+        let want: &[Kind] = match leave {
+            LeaveAt::AfterHeader | LeaveAt::MidStream => {
+                &[Kind::Attempt, Kind::Started, Kind::Cancelled]
+            }
+            // The custody record was committed; the key never left.
+            LeaveAt::BeforeKey => &[Kind::Attempt, Kind::Started, Kind::Sealed, Kind::Cancelled],
+        };
+        assert_eq!(kinds(&evs), want, "{leave:?}: {evs:#?}");
+        let end = evs.last().expect("terminal event");
+        assert_eq!(end.code.as_deref(), Some("CANCELLED"), "{leave:?}");
+        assert_eq!(end.case_id.as_deref(), Some(case_id.as_str()));
+
+        // The slot is free again and the next call is served normally.
+        good_export_eventually(&server.url, &server.case_ids[1]).await;
+    }
+    // Every call ended on record, and nothing more was written for the
+    // cancelled ones: only the three good exports completed.
+    assert_trail_intact(&audit_db).await;
+    let all = audit_events(&audit_db);
+    assert_eq!(
+        all.iter().filter(|e| e.kind == Kind::Completed).count(),
+        3,
+        "only the three good exports completed"
+    );
+    assert!(cancelled_count(&server).await >= cancelled_before + 3.0);
+}
+
+// ---------------------------------------------------------------------------
+// 2. A source held by writers.
+
+/// Rows of `transactions` of a case, as committed (a fresh connection).
+fn committed_transactions(db: &Path, case_id: &str) -> u64 {
+    open_ro(db)
+        .query_row(
+            "SELECT count(*) FROM transactions WHERE case_id = ?1",
+            [case_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("count") as u64
+}
+
+fn exported_transactions(receipt: &Receipt) -> u64 {
+    receipt
+        .row_counts
+        .iter()
+        .find(|(t, _)| t == "transactions")
+        .map(|(_, n)| *n)
+        .expect("transactions in the row counts")
+}
+
+fn insert_transaction(conn: &Connection, case_id: &str) {
+    conn.execute(
+        "INSERT INTO transactions (case_id, amount, currency, occurred_at, counterparty, direction) \
+         VALUES (?1, 4242, 'EUR', '2025-01-01T00:00:00Z', 'uncommitted counterparty', 'in')",
+        [case_id],
+    )
+    .expect("insert a transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_source_with_a_long_write_transaction_exports_the_committed_state() {
+    let db = seeded_db(&small_seed());
+    let mode: String = open_ro(&db.path)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(mode, "wal", "the seeded database is in WAL mode");
+    let path = db.path.clone();
+    let config = test_config(db.path.clone(), db.dir.path());
+    let server = spawn_server(config, db.dir, db.case_ids).await;
+    let case_id = server.case_ids[0].clone();
+    let committed = committed_transactions(&path, &case_id);
+
+    // Another connection opens a write transaction and keeps it open.
+    let writer = Connection::open(&path).expect("writer");
+    writer
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("write transaction");
+    insert_transaction(&writer, &case_id);
+    insert_transaction(&writer, &case_id);
+
+    // Exports go on, and see the last committed state (twice, and another
+    // case too, all while the transaction stays open).
+    for _ in 0..2 {
+        let r = export_verified(&server.url, &case_id)
+            .await
+            .expect("export during a write transaction");
+        assert_eq!(exported_transactions(&r), committed);
+    }
+    export_verified(&server.url, &server.case_ids[1])
+        .await
+        .expect("another case during the write transaction");
+
+    writer.execute_batch("COMMIT").expect("commit");
+    let r = export_verified(&server.url, &case_id)
+        .await
+        .expect("export after the commit");
+    assert_eq!(exported_transactions(&r), committed + 2);
+    assert_eq!(committed_transactions(&path, &case_id), committed + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_journal_source_locked_by_a_writer_is_unavailable_until_released() {
+    let db = seeded_db(&small_seed());
+    {
+        let c = Connection::open(&db.path).expect("open");
+        let mode: String = c
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .expect("rollback journal");
+        assert_eq!(mode, "delete");
+    }
+    let path = db.path.clone();
+    let mut config = test_config(db.path.clone(), db.dir.path());
+    config.busy_timeout_ms = 300;
+    config.max_in_flight = 1;
+    let server = spawn_server(config, db.dir, db.case_ids).await;
+    let case_id = server.case_ids[0].clone();
+    export_verified(&server.url, &case_id)
+        .await
+        .expect("export before the lock");
+
+    let writer = Connection::open(&path).expect("writer");
+    writer
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("exclusive lock");
+    insert_transaction(&writer, &case_id);
+    // Twice: with one slot, a refusal that kept its slot would turn the
+    // second into RESOURCE_EXHAUSTED.
+    for _ in 0..2 {
+        let s = within("a refused export", BOUND, refused(&server.url, &case_id)).await;
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert!(s.message().contains("locked"), "{s:?}");
+        assert!(s.message().contains("retry later"), "{s:?}");
+        assert_no_path(&s, &[&path, server.dir.path()]);
+    }
+
+    writer.execute_batch("ROLLBACK").expect("release the lock");
+    let r = good_export_eventually(&server.url, &case_id).await;
+    assert_eq!(
+        exported_transactions(&r),
+        committed_transactions(&path, &case_id)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. A source that goes missing, is not SQLite, or is corrupt.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
+    let server = start_server(|c| c.max_in_flight = 1).await;
+    let db = server.case_db().to_path_buf();
+    let aside = server.dir.path().join("pristine.db");
+    let paths = [db.as_path(), aside.as_path(), server.dir.path()];
+    let case_id = server.case_ids[0].clone();
+    wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
+
+    // Missing: UNAVAILABLE, and health NOT_SERVING while it is.
+    std::fs::rename(&db, &aside).expect("move the database away");
+    for _ in 0..2 {
+        let s = refused(&server.url, &case_id).await;
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert_eq!(
+            s.message(),
+            "case database unavailable: database file not found"
+        );
+        assert_no_path(&s, &paths);
+    }
+    wait_export_health(&server.url, ServingStatus::NotServing, DEADLINE).await;
+
+    // Not a SQLite file.
+    let mut noise = vec![0u8; 32 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
+    std::fs::write(&db, &noise).expect("write noise");
+    let s = refused(&server.url, &case_id).await;
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(
+        s.message(),
+        "case database unavailable: not a SQLite database"
+    );
+    assert_no_path(&s, &paths);
+    wait_export_health(&server.url, ServingStatus::NotServing, DEADLINE).await;
+
+    // Corrupt, out of every case's scope: bytes 8192..16384 are pages 3
+    // and 4, the indexes of the excluded `users` table. Exports do not read
+    // them, so every case still exports, and verifies.
+    let pristine = std::fs::read(&aside).expect("read the database");
+    assert!(pristine.len() > 128 * 1024, "database too small to corrupt");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5150);
+    let mut bytes = pristine.clone();
+    rand::RngCore::fill_bytes(&mut rng, &mut bytes[8192..16384]);
+    std::fs::write(&db, &bytes).expect("write the corrupt copy");
+    for case_id in &server.case_ids {
+        good_export_eventually(&server.url, case_id).await;
+    }
+
+    // Corrupt in the middle: the middle half of the file overwritten,
+    // pages of the case tables among them. Each export is refused
+    // cleanly, or (a case whose pages all survived) exports and verifies.
+    let mut bytes = pristine.clone();
+    let (from, to) = (bytes.len() / 4, 3 * bytes.len() / 4);
+    rand::RngCore::fill_bytes(&mut rng, &mut bytes[from..to]);
+    std::fs::write(&db, &bytes).expect("write the corrupt copy");
+    let mut refused_ids = Vec::new();
+    for case_id in &server.case_ids {
+        match export_verified(&server.url, case_id).await {
+            Ok(_) => {}
+            Err(ClientError::Unavailable(m)) => {
+                assert_eq!(m, "case database unavailable: database file is corrupt");
+                refused_ids.push(case_id.clone());
+            }
+            Err(e) => panic!("export of {case_id} from a corrupt source: {e:?}"),
+        }
+    }
+    let first = refused_ids.first().expect("the corruption reached no case");
+    let s = refused(&server.url, first).await;
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_no_path(&s, &paths);
+
+    // Restored: SERVING again and a good export.
+    std::fs::rename(&aside, &db).expect("restore the database");
+    wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
+    good_export_eventually(&server.url, &case_id).await;
+    assert_trail_intact(&server.config.audit_db).await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. A slow reader does not hold up others, and memory stays bounded.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_does_not_hold_up_another_export_and_memory_stays_bounded() {
+    let server = start_server_with(&big_seed(), |c| {
+        c.chunk_size = 4096;
+        c.channel_depth = 2;
+        c.seal_workers = 1;
+        c.max_in_flight = 4;
+        with_metrics(c);
+    })
+    .await;
+    let config = server.config.clone();
+    assert_eq!(bytes_held(&server).await, 0);
+
+    // The slow reader: one message, then a pause, again and again; it
+    // stops at the halfway mark until the test lets it go on.
+    let mut raw = raw_client_small_window(&server.url).await;
+    let mut slow = raw
+        .export_case(authed(request(&server.case_ids[0])))
+        .await
+        .expect("slow export starts")
+        .into_inner();
+    let slow_header = read_header(&mut slow).await;
+    let total = slow_header.chunk_count;
+    assert!(total > 60, "case too small: {total} chunks");
+    let read = Arc::new(AtomicU64::new(0));
+    let (go_on_tx, go_on_rx) = tokio::sync::oneshot::channel::<()>();
+    let slow_task = {
+        let read = read.clone();
+        tokio::spawn(async move {
+            let mut go_on = Some(go_on_rx);
+            let mut enc = Vec::new();
+            let key = loop {
+                if read.load(Ordering::SeqCst) == total / 2
+                    && let Some(rx) = go_on.take()
+                {
+                    let _ = rx.await;
+                }
+                match next_message(&mut slow).await {
+                    Some(Msg::Chunk(c)) => {
+                        enc.extend_from_slice(c.token.as_bytes());
+                        enc.push(b'\n');
+                        read.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some(Msg::Key(k)) => break k,
+                    other => panic!("unexpected message {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(next_message(&mut slow).await.is_none());
+            drop(raw);
+            (enc, key)
+        })
+    };
+
+    // Meanwhile a whole export of another case completes: the slow one
+    // has not read all its chunks (it cannot: it waits for us).
+    let fast = within(
+        "the fast export",
+        BOUND,
+        export_verified(&server.url, &server.case_ids[1]),
+    )
+    .await
+    .expect("the fast export completes while the slow one is under way");
+    let at_fast_end = read.load(Ordering::SeqCst);
+    assert!(
+        at_fast_end < total,
+        "the slow export had read {at_fast_end} of {total} chunks"
+    );
+    assert!(!slow_task.is_finished());
+
+    // The budget now holds the slow export's snapshot and stream buffers,
+    // and nothing of the finished one.
+    let want = held_for(slow_header.plaintext_size, &config);
+    eventually("the budget holds one export", DEADLINE, || async {
+        match bytes_held(&server).await {
+            n if n == want => Ok(()),
+            n => Err(format!("{n} bytes held, {want} expected")),
+        }
+    })
+    .await;
+    assert!(
+        want < slow_header.plaintext_size + fast.plaintext_size + 2 * BUDGET_UNIT,
+        "stream buffers are small next to the snapshot"
+    );
+
+    let _ = go_on_tx.send(());
+    let (enc, key) = within("the slow export", BOUND, slow_task)
+        .await
+        .expect("slow reader task");
+    let key = SecretKey::from_fernet_key(&key.fernet_key).expect("key");
+    let opened =
+        open_reader(BufReader::new(&enc[..]), &key, READ_LIMIT).expect("slow export opens");
+    assert_eq!(opened.chunks, total);
+    assert_eq!(opened.plaintext.len() as u64, slow_header.plaintext_size);
+    eventually("the budget is empty", DEADLINE, || async {
+        match bytes_held(&server).await {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes held")),
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Graceful shutdown with ten exports in flight.
+
+/// How a slow reader's stream ended.
+#[derive(Debug)]
+struct Ending {
+    export_id: String,
+    chunks: u64,
+    key: bool,
+    status: Option<Status>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_ten_exports_in_flight_ends_each_on_record() {
+    let _serial = CANCEL_COUNTER.lock().await;
+    let mut server = start_server_with(&big_seed(), |c| {
+        stall_prone(c);
+        c.max_in_flight = 10;
+        c.shutdown_grace_secs = 1;
+    })
+    .await;
+    let audit_db = server.config.audit_db.clone();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(10);
+    let mut readers = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let url = server.url.clone();
+        let case_id = server.case_ids[i % server.case_ids.len()].clone();
+        let started = started_tx.clone();
+        readers.spawn(async move {
+            let mut raw = raw_client_small_window(&url).await;
+            let mut stream = raw
+                .export_case(authed(request(&case_id)))
+                .await
+                .expect("export starts")
+                .into_inner();
+            let header = read_header(&mut stream).await;
+            let _ = started.send(()).await;
+            let mut end = Ending {
+                export_id: header.export_id,
+                chunks: 0,
+                key: false,
+                status: None,
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => match m.message {
+                        Some(Msg::Chunk(_)) => end.chunks += 1,
+                        Some(Msg::Key(_)) => end.key = true,
+                        other => panic!("unexpected message {other:?}"),
+                    },
+                    Ok(None) => break,
+                    Err(s) => {
+                        end.status = Some(s);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            end
+        });
+    }
+    drop(started_tx);
+    for _ in 0..10 {
+        within("ten exports under way", BOUND, started_rx.recv())
+            .await
+            .expect("a reader started");
+    }
+
+    server.trigger_shutdown();
+    within("the server after shutdown", BOUND, &mut server.join)
+        .await
+        .expect("server task")
+        .expect("serve_on returns Ok");
+    let mut endings = Vec::new();
+    while let Some(r) = within("the readers", BOUND, readers.join_next()).await {
+        endings.push(r.expect("reader task"));
+    }
+    assert_eq!(endings.len(), 10);
+
+    // The server has stopped, so its trail is complete.
+    let all = audit_events(&audit_db);
+    for end in &endings {
+        let evs = events_of_export(&all, &end.export_id);
+        let terminal: Vec<&Event> = evs.iter().filter(|e| e.kind.is_terminal()).collect();
+        assert_eq!(terminal.len(), 1, "{end:?}: {evs:#?}");
+        let t = terminal[0];
+        if end.key {
+            // Read fast enough to finish within the grace period.
+            assert_eq!(t.kind, Kind::Completed, "{end:?}");
+            assert!(end.status.is_none(), "{end:?}");
+        } else {
+            // A cut export never looks complete: not in the trail, and
+            // not to the client (an error status, not a clean end).
+            assert_eq!(
+                (t.kind, t.code.as_deref()),
+                (Kind::Failed, Some("UNAVAILABLE")),
+                "cut export {end:?} recorded as {:?} {:?}",
+                t.kind,
+                t.code
+            );
+            let s = end
+                .status
+                .as_ref()
+                .unwrap_or_else(|| panic!("stream ended cleanly without a key: {end:?}"));
+            assert_eq!(s.code(), Code::Unavailable, "{end:?}");
+            assert!(s.message().contains("shutting down"), "{s:?}");
+        }
+    }
+    assert!(
+        endings.iter().any(|e| !e.key),
+        "no export was cut by the shutdown: the test proved nothing"
+    );
+    assert_trail_intact(&audit_db).await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. Load: 200 concurrent exports, then 1,000 connections.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is_survived() {
+    let server = start_server(|c| {
+        c.max_in_flight = 4;
+        c.chunk_size = 64 * 1024;
+        c.max_snapshot_bytes = 1 << 20;
+        // Room for two exports' worst case at once, not four.
+        c.memory_budget_bytes = 2 * ((1 << 20) + c.stream_buffer_bytes()) + (1 << 20);
+        c.budget_wait_ms = 200;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&server.url).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let mut c = clients[i % clients.len()].clone();
+        let case_id = server.case_ids[i % server.case_ids.len()].clone();
+        calls.spawn(async move {
+            let mut enc = Vec::new();
+            match c.export_case(&case_id, PURPOSE, &mut enc, |_, _| {}).await {
+                Ok(receipt) => {
+                    verify_receipt(&enc, &receipt);
+                    true
+                }
+                Err(ClientError::Busy(m)) => {
+                    assert!(
+                        m.contains("retry later"),
+                        "busy without advice to retry: {m}"
+                    );
+                    false
+                }
+                Err(e) => panic!("export {i} failed with neither OK nor busy: {e}"),
+            }
+        });
+    }
+    let (mut ok, mut busy) = (0, 0);
+    while let Some(r) = within("200 exports", BOUND, calls.join_next()).await {
+        if r.expect("call task") {
+            ok += 1;
+        } else {
+            busy += 1;
+        }
+    }
+    assert_eq!(ok + busy, 200);
+    assert!(ok >= 1, "no export succeeded under load");
+
+    // The same 200 again, each retrying after a refusal (with a jittered
+    // pause) until it gets its export: all 200 complete and verify, four
+    // at a time, within the budget.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let mut c = clients[i % clients.len()].clone();
+        let case_id = server.case_ids[i % server.case_ids.len()].clone();
+        calls.spawn(async move {
+            let mut refusals = 0u32;
+            loop {
+                let mut enc = Vec::new();
+                match c.export_case(&case_id, PURPOSE, &mut enc, |_, _| {}).await {
+                    Ok(receipt) => {
+                        verify_receipt(&enc, &receipt);
+                        return refusals;
+                    }
+                    Err(ClientError::Busy(_)) => refusals += 1,
+                    Err(e) => panic!("export {i} failed with neither OK nor busy: {e}"),
+                }
+                let pause = 50 + rand::Rng::gen_range(&mut rand::thread_rng(), 0..100);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = within("200 exports, retried", BOUND, calls.join_next()).await {
+        r.expect("call task");
+        done += 1;
+    }
+    assert_eq!(done, 200);
+    drop(clients);
+
+    // 1,000 connections in batches of 100: each sends the HTTP/2 preface
+    // and an empty SETTINGS frame, then closes.
+    let addr = server.addr;
+    for _batch in 0..10 {
+        let mut conns = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            conns.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                    .await
+                    .expect("preface");
+            });
+        }
+        while let Some(r) = within("a batch of connections", BOUND, conns.join_next()).await {
+            r.expect("connection task");
+        }
+    }
+    wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
+    good_export_eventually(&server.url, &server.case_ids[0]).await;
+    assert_trail_intact(&server.config.audit_db).await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. The memory budget: a second export waits, then runs or is refused.
+
+/// A budget just above one export's worst case: a second export cannot
+/// reserve its worst case while the first holds its snapshot.
+fn one_export_budget(c: &mut Config, wait_ms: u64) {
+    stall_prone(c);
+    c.max_in_flight = 4;
+    c.max_snapshot_bytes = 2 << 20;
+    c.memory_budget_bytes = c.max_snapshot_bytes + c.stream_buffer_bytes() + BUDGET_UNIT;
+    c.budget_wait_ms = wait_ms;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_export_over_the_budget_is_refused_after_the_wait() {
+    let _serial = CANCEL_COUNTER.lock().await;
+    let server = start_server_with(&big_seed(), |c| one_export_budget(c, 300)).await;
+    let mut raw = raw_client_small_window(&server.url).await;
+    let mut held = raw
+        .export_case(authed(request(&server.case_ids[0])))
+        .await
+        .expect("first export starts")
+        .into_inner();
+    let header = read_header(&mut held).await;
+    assert!(header.plaintext_size < server.config.max_snapshot_bytes);
+
+    for case_id in &server.case_ids[1..3] {
+        let s = within("the second export", BOUND, refused(&server.url, case_id)).await;
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(
+            s.message(),
+            "the server's memory budget for exports is in use; retry later"
+        );
+    }
+    drop(held);
+    drop(raw);
+    good_export_eventually(&server.url, &server.case_ids[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_export_over_the_budget_waits_and_runs_when_the_first_ends() {
+    let server = start_server_with(&big_seed(), |c| one_export_budget(c, 20_000)).await;
+    let audit_db = server.config.audit_db.clone();
+    let mut raw = raw_client_small_window(&server.url).await;
+    let mut held = raw
+        .export_case(authed(request(&server.case_ids[0])))
+        .await
+        .expect("first export starts")
+        .into_inner();
+    let header = read_header(&mut held).await;
+
+    let second_case = server.case_ids[1].clone();
+    let url = server.url.clone();
+    let second = tokio::spawn(async move { export_verified(&url, &second_case).await });
+    // The second call is past its checks (its `started` event is on
+    // record) and waits for the budget, which the stalled first export
+    // holds: it cannot have finished.
+    eventually("the second export started", DEADLINE, || async {
+        let started = audit_events(&audit_db)
+            .into_iter()
+            .any(|e| e.kind == Kind::Started && e.case_id.as_deref() == Some(&server.case_ids[1]));
+        if started {
+            Ok(())
+        } else {
+            Err("no started event yet".into())
+        }
+    })
+    .await;
+    assert!(
+        !second.is_finished(),
+        "the second export did not wait for the budget"
+    );
+
+    // The first reads on to its key; then the second runs.
+    let mut chunks = 0;
+    let key_seen = loop {
+        match next_message(&mut held).await {
+            Some(Msg::Chunk(_)) => chunks += 1,
+            Some(Msg::Key(_)) => break true,
+            other => panic!("unexpected message {other:?}"),
+        }
+    };
+    assert!(key_seen && chunks == header.chunk_count);
+    let receipt = within("the second export", BOUND, second)
+        .await
+        .expect("task")
+        .expect("the second export succeeds once the first ended");
+    assert_eq!(receipt.case_id, server.case_ids[1]);
+}
+
+// ---------------------------------------------------------------------------
+// 8. The real binary runs without core dumps.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serve_disables_core_dumps() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_case-export"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--case-db")
+        .arg(dir.path().join("cases.db"))
+        .arg("--audit-db")
+        .arg(dir.path().join("audit.db"))
+        .arg("--shutdown-grace-secs")
+        .arg("1")
+        .env("RUST_LOG", "error")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn case-export serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = within("the listening line", BOUND, lines.next_line())
+        .await
+        .expect("read stdout")
+        .expect("a first line");
+    assert!(first.starts_with("listening on "), "{first:?}");
+    let pid = child.id().expect("running");
+
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("no core limit in {limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        ["0", "0"],
+        "soft and hard core limits: {core:?}"
+    );
+
+    // SAFETY: SIGTERM to our own child, whose pid we hold.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = within("exit after SIGTERM", BOUND, child.wait())
+        .await
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
