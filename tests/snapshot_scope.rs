@@ -645,3 +645,26 @@ fn child_matching_a_nocase_parent_key_is_exported() {
     let v = open(&mut s);
     assert_rows(&v, "items", rows![[1, "'A-1'"], [2, "'a-1'"]]);
 }
+
+/// A tenant column that does not exist would make SQLite compare every case
+/// with the column's name as a string; it is refused instead.
+#[test]
+fn unknown_tenant_column_is_a_schema_error_not_a_string() {
+    let fx = fixture(false);
+    let tenants = vec!["title".to_string(), "no_such_column".to_string()];
+    let scope = scope();
+    let r = build_snapshot(&SnapshotRequest {
+        source: &fx.path,
+        case_id: "A-1",
+        scope: &scope,
+        export_id: EXPORT_ID,
+        created_at: CREATED_AT,
+        max_bytes: 1 << 30,
+        busy_timeout: Duration::from_millis(200),
+        tenants: Some(("no_such_column", &tenants)),
+    });
+    match r {
+        Err(SnapshotError::Schema(m)) => assert!(m.contains("no_such_column"), "{m}"),
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}

@@ -50,6 +50,9 @@ BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_replace BEFORE INSERT ON audit_events
 WHEN EXISTS (SELECT 1 FROM audit_events WHERE seq = NEW.seq)
 BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_meta_single_row BEFORE INSERT ON audit_meta
+WHEN EXISTS (SELECT 1 FROM audit_meta)
+BEGIN SELECT RAISE(ABORT, 'audit_meta holds one row'); END;
 CREATE TRIGGER IF NOT EXISTS audit_meta_no_update BEFORE UPDATE ON audit_meta
 BEGIN SELECT RAISE(ABORT, 'audit_meta is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_meta_no_delete BEFORE DELETE ON audit_meta
@@ -75,6 +78,9 @@ pub enum AuditError {
     /// A write failed; the event stays queued and is retried.
     #[error("the audit store cannot write: {0}")]
     Write(String),
+    /// A list filter is malformed.
+    #[error("{0}")]
+    BadFilter(String),
     /// The writer is gone (shutting down).
     #[error("the audit writer has stopped")]
     Stopped,
@@ -204,12 +210,28 @@ pub fn open_log_read_only(path: &Path) -> Result<Connection, AuditError> {
             message: "no such file".into(),
         });
     }
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
-        AuditError::Open {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+            AuditError::Open {
+                path: path.into(),
+                message: e.to_string(),
+            }
+        })?;
+    let is_audit = conn
+        .query_row(
+            "SELECT count(*) = 2 FROM sqlite_schema WHERE type = 'table' \
+             AND name IN ('audit_meta', 'audit_events')",
+            [],
+            |r| r.get::<_, bool>(0),
+        )
+        .unwrap_or(false);
+    if !is_audit {
+        return Err(AuditError::Open {
             path: path.into(),
-            message: e.to_string(),
-        }
-    })
+            message: "not an audit database (no audit_meta and audit_events tables)".into(),
+        });
+    }
+    Ok(conn)
 }
 
 fn read_head(conn: &Connection) -> rusqlite::Result<Head> {
@@ -246,6 +268,19 @@ fn read_head(conn: &Connection) -> rusqlite::Result<Head> {
 
 fn init(path: &Path) -> Result<(Connection, Head), rusqlite::Error> {
     let conn = open_rw(path)?;
+    // Never turn another database (say, the case database) into a trail.
+    let foreign: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' \
+         AND name NOT IN ('audit_meta', 'audit_events')",
+        [],
+        |r| r.get(0),
+    )?;
+    if foreign > 0 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some("the file holds other tables: it is not an audit database".into()),
+        ));
+    }
     conn.execute_batch(SCHEMA)?;
     let has_meta: bool = conn.query_row("SELECT count(*) > 0 FROM audit_meta", [], |r| r.get(0))?;
     if !has_meta {
@@ -503,4 +538,69 @@ fn emit_checkpoint(head: &Head, cp: &CheckpointConfig) -> Option<Checkpoint> {
         tracing::error!(error = %e, "cannot write the checkpoint file");
     }
     Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_with_other_tables_is_never_made_a_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cases.db");
+        Connection::open(&p)
+            .unwrap()
+            .execute_batch("CREATE TABLE cases (id TEXT PRIMARY KEY);")
+            .unwrap();
+        let Err(err) = AuditWriter::start(
+            &p,
+            "test",
+            CheckpointConfig {
+                every: Duration::from_secs(60),
+                file: None,
+                signer: None,
+            },
+        ) else {
+            panic!("a foreign database was accepted as a trail");
+        };
+        assert!(err.to_string().contains("not an audit database"), "{err}");
+        let err = open_log_read_only(&p).expect_err("refused");
+        assert!(err.to_string().contains("not an audit database"), "{err}");
+        assert!(err.to_string().contains("cases.db"), "{err}");
+    }
+
+    #[test]
+    fn list_filters_must_be_rfc3339() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.db");
+        let w = AuditWriter::start(
+            &p,
+            "test",
+            CheckpointConfig {
+                every: Duration::from_secs(60),
+                file: None,
+                signer: None,
+            },
+        )
+        .unwrap();
+        w.handle().record(super::super::Event::new(
+            super::super::Kind::ServerStart,
+            "-",
+        ));
+        w.shutdown();
+        let conn = open_log_read_only(&p).unwrap();
+        let bad = super::super::ListFilter {
+            since: Some("yesterday".into()),
+            ..Default::default()
+        };
+        let err = super::super::list_events(&conn, &bad).expect_err("refused");
+        assert!(matches!(err, AuditError::BadFilter(_)), "{err}");
+        let lower = super::super::ListFilter {
+            since: Some("2000-01-01t00:00:00z".into()),
+            ..Default::default()
+        };
+        // Lower-case separators are RFC 3339 too, and match like upper case.
+        let all = super::super::list_events(&conn, &lower).unwrap();
+        assert!(!all.is_empty());
+    }
 }

@@ -196,6 +196,27 @@ pub fn verify_log(
     Ok(v)
 }
 
+/// An RFC 3339 time in the form SQLite's date functions read.
+fn instant(field: &str, text: &str) -> Result<String, AuditError> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        AuditError::BadFilter(format!(
+            "{field} {text:?} is not an RFC 3339 time: write it like 2026-01-31T00:00:00Z"
+        ))
+    })?;
+    let t = t.to_offset(time::UtcOffset::UTC);
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    ))
+}
+
 /// Which events `list_events` returns.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
@@ -230,11 +251,11 @@ pub fn list_events(
     // Compared as instants, whatever the fraction digits of either side.
     if let Some(s) = &f.since {
         sql.push_str(" AND julianday(ts) >= julianday(?)");
-        args.push(Value::Text(s.clone()));
+        args.push(Value::Text(instant("since", s)?));
     }
     if let Some(u) = &f.until {
         sql.push_str(" AND julianday(ts) < julianday(?)");
-        args.push(Value::Text(u.clone()));
+        args.push(Value::Text(instant("until", u)?));
     }
     sql.push_str(" ORDER BY seq");
     if let Some(l) = f.limit {

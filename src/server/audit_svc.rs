@@ -47,7 +47,10 @@ impl AuditService for AuditSvc {
         })
         .await
         .map_err(unavailable)?
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            crate::audit::AuditError::BadFilter(m) => Status::invalid_argument(m),
+            other => unavailable(other),
+        })?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             for (seq, e, hash) in events {

@@ -57,7 +57,9 @@ impl ConfigError {
                 key,
                 message,
                 line: None,
-            } => {
+            } if !key.starts_with("principals") => {
+                // Principals repeat their keys (and may come from
+                // principals_file): no single line would be right.
                 let name = key.rsplit('.').next().unwrap_or(key);
                 let line = text.lines().position(|l| {
                     let l = l.trim_start();

@@ -179,6 +179,9 @@ impl OpenCalls {
                 .to_string(),
             );
             audit.record(e);
+            if ctx.method.ends_with("/ExportCase") {
+                crate::metrics::metrics().finished(Kind::Failed.as_str(), "UNAVAILABLE");
+            }
             n += 1;
         }
         n

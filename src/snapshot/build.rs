@@ -188,10 +188,11 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     snap.conn
         .execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
         .map_err(src_err)?;
-    // Read the source through a memory map and a larger cache: the copy
-    // probes the foreign-key indexes all over the file.
+    // A larger cache for the source: the copy probes its foreign-key
+    // indexes all over the file. (No memory map: an I/O error on a mapped
+    // page would kill the whole server instead of failing one export.)
     snap.conn
-        .execute_batch("PRAGMA src.mmap_size = 1073741824; PRAGMA src.cache_size = -32768;")
+        .execute_batch("PRAGMA src.cache_size = -32768;")
         .map_err(internal)?;
 
     let too_large = |e: rusqlite::Error| match e.sqlite_error_code() {
@@ -232,6 +233,21 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
         }
     }
     if let Some((column, allowed)) = req.tenants {
+        // SQLite reads an unknown double-quoted name as a string, which
+        // would compare every case against the column's name: refuse.
+        let exists: bool = snap
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM src.pragma_table_info(?1) WHERE name = ?2",
+                [graph.root().name.as_str(), column],
+                |r| r.get(0),
+            )
+            .map_err(src_err)?;
+        if !exists {
+            return Err(SnapshotError::Schema(format!(
+                "tenant column {column:?} does not exist in the root table"
+            )));
+        }
         let sql = format!(
             "SELECT {} FROM src.{} WHERE {} = ?1",
             ident(column),
