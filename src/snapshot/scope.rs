@@ -358,21 +358,13 @@ impl ScopeGraph {
         ));
         // CROSS JOIN keeps the (small) copied parents as the outer loop, so
         // the source is probed through its index on the foreign key.
-        // Inserting in key order appends to the b-tree instead of splitting
-        // pages all over it.
-        let order: Vec<String> = t
-            .identity
-            .iter()
-            .map(|c| format!("s.{}", ident(c)))
-            .collect();
         format!(
             "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM main.{pn} AS p \
-             CROSS JOIN src.{tn} AS s ON {on} WHERE {conds} ORDER BY {order}",
+             CROSS JOIN src.{tn} AS s ON {on} WHERE {conds}",
             tn = ident(&t.name),
             pn = ident(&fk.parent),
             on = on.join(" AND "),
             conds = conds.join(" AND "),
-            order = order.join(", "),
         )
     }
 }
