@@ -17,6 +17,7 @@ use case_export::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader};
 use case_export::seal::{SecretKey, open_reader};
 use case_export::seed::SeedOptions;
 use case_export::server::Config;
+use case_export::snapshot::source_cache_bytes;
 use rusqlite::Connection;
 use std::io::BufReader;
 use std::net::SocketAddr;
@@ -748,7 +749,9 @@ async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is
         c.chunk_size = 64 * 1024;
         c.max_snapshot_bytes = 1 << 20;
         // Room for two exports' worst case at once, not four.
-        c.memory_budget_bytes = 2 * ((1 << 20) + c.stream_buffer_bytes()) + (1 << 20);
+        c.memory_budget_bytes = 2
+            * ((1 << 20) + c.stream_buffer_bytes() + source_cache_bytes(c.max_snapshot_bytes))
+            + (1 << 20);
         c.budget_wait_ms = 200;
     })
     .await;
@@ -853,7 +856,10 @@ fn one_export_budget(c: &mut Config, wait_ms: u64) {
     stall_prone(c);
     c.max_in_flight = 4;
     c.max_snapshot_bytes = 2 << 20;
-    c.memory_budget_bytes = c.max_snapshot_bytes + c.stream_buffer_bytes() + BUDGET_UNIT;
+    c.memory_budget_bytes = c.max_snapshot_bytes
+        + c.stream_buffer_bytes()
+        + source_cache_bytes(c.max_snapshot_bytes)
+        + BUDGET_UNIT;
     c.budget_wait_ms = wait_ms;
 }
 

@@ -98,7 +98,8 @@ pub struct Config {
     pub memory_budget_bytes: u64,
     /// How long an export waits for room in the memory budget.
     pub budget_wait_ms: u64,
-    /// Sealing threads per export; 0 means one per core.
+    /// Sealing threads per export; 0 means one per core plus one (the
+    /// thread that orders and hashes the tokens needs a core's share too).
     pub seal_workers: usize,
     /// Sealed chunks buffered per export between sealer and network.
     pub channel_depth: usize,
@@ -326,16 +327,19 @@ impl Config {
                 format!("must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"),
             );
         }
-        if self.memory_budget_bytes < self.max_snapshot_bytes + self.stream_buffer_bytes() {
+        let one_export = self.max_snapshot_bytes
+            + self.stream_buffer_bytes()
+            + crate::snapshot::source_cache_bytes(self.max_snapshot_bytes);
+        if self.memory_budget_bytes < one_export {
             return v(
                 "memory_budget_bytes",
                 format!(
-                    "must be at least max_snapshot_bytes plus one export's stream buffers: \
-                     {} + {} = {} bytes here ((channel_depth + 2 * seal workers + 1) sealed \
-                     chunks)",
+                    "must be at least max_snapshot_bytes plus one export's stream buffers \
+                     and source page cache: {} + {} + {} = {one_export} bytes here \
+                     ((channel_depth + 2 * seal workers + 1) sealed chunks; cache up to 32 MiB)",
                     self.max_snapshot_bytes,
                     self.stream_buffer_bytes(),
-                    self.max_snapshot_bytes + self.stream_buffer_bytes()
+                    crate::snapshot::source_cache_bytes(self.max_snapshot_bytes),
                 ),
             );
         }
@@ -403,7 +407,9 @@ impl Config {
         if self.seal_workers > 0 {
             self.seal_workers
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            // The emitter hashes every token: with exactly one worker per
+            // core it leaves cores idle (BENCHMARKS.md, "Sealing threads").
+            std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
         }
     }
 

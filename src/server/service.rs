@@ -107,7 +107,9 @@ impl ExportService for ExportSvc {
         let mut reservation = st
             .budget
             .reserve(
-                snapshot_limit + cfg.stream_buffer_bytes(),
+                snapshot_limit
+                    + cfg.stream_buffer_bytes()
+                    + crate::snapshot::source_cache_bytes(snapshot_limit),
                 cfg.budget_wait(),
             )
             .await

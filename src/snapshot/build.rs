@@ -192,7 +192,10 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     // indexes all over the file. (No memory map: an I/O error on a mapped
     // page would kill the whole server instead of failing one export.)
     snap.conn
-        .execute_batch("PRAGMA src.cache_size = -32768;")
+        .execute_batch(&format!(
+            "PRAGMA src.cache_size = -{};",
+            super::source_cache_bytes(req.max_bytes).div_ceil(1024)
+        ))
         .map_err(internal)?;
 
     let too_large = |e: rusqlite::Error| match e.sqlite_error_code() {

@@ -11,6 +11,16 @@ pub use view::{Manifest, SnapshotView, ViewError};
 
 use std::time::Duration;
 
+/// Largest page cache for reading the source during a build.
+pub const SOURCE_CACHE_BYTES: u64 = 32 << 20;
+
+/// The source page cache of a build capped at `max_bytes`: never more than
+/// the snapshot may be, so small exports reserve little. The memory budget
+/// counts it until the snapshot is built.
+pub fn source_cache_bytes(max_bytes: u64) -> u64 {
+    SOURCE_CACHE_BYTES.min(max_bytes)
+}
+
 /// Name of the manifest table every snapshot carries.
 pub const MANIFEST_TABLE: &str = "_export_manifest";
 
