@@ -206,10 +206,10 @@ impl ExportClient {
     fn request(&self, req: ExportCaseRequest) -> Result<Request<ExportCaseRequest>, ClientError> {
         let mut r = Request::new(req);
         if let Some(t) = &self.token {
-            let mut v: MetadataValue<_> =
-                format!("Bearer {}", t.as_str()).parse().map_err(|_| {
-                    ClientError::InvalidArgument("the token has invalid characters".into())
-                })?;
+            let header = Zeroizing::new(format!("Bearer {}", t.as_str()));
+            let mut v: MetadataValue<_> = header.parse().map_err(|_| {
+                ClientError::InvalidArgument("the token has invalid characters".into())
+            })?;
             v.set_sensitive(true);
             r.metadata_mut().insert("authorization", v);
         }

@@ -42,9 +42,8 @@ pub(crate) struct ServerState {
     pub in_flight: Arc<Semaphore>,
     /// Set at shutdown: refuse new exports.
     pub draining: AtomicBool,
-    /// Set when the grace period is over: end exports still running.
-    pub hard_stop: AtomicBool,
-    /// The same, for producers waiting on a slow client.
+    /// Turns true when the grace period is over: producers still running
+    /// (even those waiting on a slow client) end their exports.
     pub hard_stop_rx: watch::Receiver<bool>,
     pub audit: AuditHandle,
     pub budget: Arc<budget::MemoryBudget>,
@@ -165,7 +164,6 @@ pub async fn serve_on(
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config: config.clone(),
         draining: AtomicBool::new(false),
-        hard_stop: AtomicBool::new(false),
         hard_stop_rx,
         audit: audit.clone(),
         budget: budget::MemoryBudget::new(config.memory_budget_bytes),
@@ -274,7 +272,6 @@ pub async fn serve_on(
             if st2.in_flight.available_permits() < st2.config.max_in_flight {
                 warn!("grace period over: ending exports still in flight");
             }
-            st2.hard_stop.store(true, Ordering::SeqCst);
             let _ = hard_stop_tx.send(true);
         });
     };

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,9 +53,6 @@ pub async fn serve_metrics(
                 });
             }
             _ = stop.wait_for(|v| *v) => return,
-        }
-        if st.hard_stop.load(Ordering::SeqCst) {
-            return;
         }
     }
 }
