@@ -298,7 +298,8 @@ fn build(db: &Path, case_id: &str) -> Snapshot {
         created_at: "2025-01-01T00:00:00Z",
         max_bytes: 4 << 30,
         busy_timeout: Duration::from_secs(5),
-        tenants: None,
+        tenant_column: None,
+        allowed_tenants: None,
     })
     .expect("build snapshot")
 }

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     /// Audit batch commits that failed (the events stay queued and are retried).
     pub audit_write_failures: Counter,
+    /// Times the stored trail was found to differ from the one written.
+    pub audit_trail_mismatches: Counter,
+    /// Events refused because the writer's queue was full.
+    pub audit_events_refused: Counter,
 }
 
 /// The process-wide metrics.
@@ -50,6 +54,8 @@ pub fn metrics() -> &'static Metrics {
             snapshot_bytes_held: Gauge::default(),
             audit_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             audit_write_failures: Counter::default(),
+            audit_trail_mismatches: Counter::default(),
+            audit_events_refused: Counter::default(),
         };
         r.register(
             "exports_started",
@@ -95,6 +101,16 @@ pub fn metrics() -> &'static Metrics {
             "audit_write_failures",
             "Audit batch commits that failed (events kept and retried)",
             m.audit_write_failures.clone(),
+        );
+        r.register(
+            "audit_trail_mismatches",
+            "Times the stored custody trail differed from the one this server wrote",
+            m.audit_trail_mismatches.clone(),
+        );
+        r.register(
+            "audit_events_refused",
+            "Audit events refused because the queue waiting for the store was full",
+            m.audit_events_refused.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m

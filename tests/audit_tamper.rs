@@ -10,9 +10,7 @@
 
 mod common;
 
-use case_export::audit::{
-    AuditWriter, CheckpointConfig, Event, Kind, Verification, open_log_read_only, verify_log,
-};
+use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
 use common::{ServerProcess, audit_events, bin, one_error_line, run, stderr_of, stdout_of};
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
@@ -96,10 +94,10 @@ fn build_log() -> Log {
     let writer = AuditWriter::start(
         &db,
         "tamper-test",
-        CheckpointConfig {
+        case_export::audit::WriterConfig {
             every: Duration::from_secs(3600),
             file: Some(checkpoints.clone()),
-            signer: None,
+            ..Default::default()
         },
     )
     .expect("start writer");

@@ -1542,3 +1542,143 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     srv.stop().await;
 }
+
+const SOUTH_TOKEN: &str = "south-only-token-8e0a4d";
+const NORTH_AUDITOR_TOKEN: &str = "north-auditor-token-2c9b71";
+const SOUTH_AUDITOR_TOKEN: &str = "south-auditor-token-64f0d3";
+
+/// Lists the whole trail through `AuditService` as the holder of `token`.
+async fn list_as(url: &str, token: &str) -> Vec<case_export::pb::AuditEvent> {
+    let mut audit = AuditServiceClient::new(channel(url, false).await);
+    let mut stream = audit
+        .list_events(with_creds(ListEventsRequest::default(), Some(token), None))
+        .await
+        .expect("auditor may list")
+        .into_inner();
+    let mut listed = Vec::new();
+    while let Some(e) = stream.message().await.expect("list stream") {
+        listed.push(e);
+    }
+    listed
+}
+
+/// Auditors limited to tenants read only their tenants' part of the trail
+/// through `ListEvents`: exports tied to their tenants (whoever made them),
+/// the calls of principals limited to their tenants (refusals included),
+/// and the server's lifecycle events; never another tenant's purposes,
+/// analysts or case ids, nor the calls of unknown callers. `VerifyLog`
+/// tells every auditor the chain's integrity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_limited_auditors_read_only_their_tenants_events() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 6, 10);
+    let of = |t: &str| {
+        cases
+            .iter()
+            .find(|(_, tenant)| tenant == t)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_else(|| panic!("seed 7 gives a case of tenant {t}: {cases:?}"))
+    };
+    let (north, south) = (of("north"), of("south"));
+    let limited = |name: &str, token: &str, role: Role, tenant: &str| PrincipalConfig {
+        tenants: Some(vec![tenant.into()]),
+        ..principal(name, Some(token), &[role])
+    };
+    let mut principals = standard_principals();
+    principals.extend([
+        limited("north-svc", NORTH_TOKEN, Role::Exporter, "north"),
+        limited("south-svc", SOUTH_TOKEN, Role::Exporter, "south"),
+        limited("north-auditor", NORTH_AUDITOR_TOKEN, Role::Auditor, "north"),
+        limited("south-auditor", SOUTH_AUDITOR_TOKEN, Role::Auditor, "south"),
+    ]);
+    let srv = Srv::start(base_config(dir.path(), &db, principals)).await;
+
+    assert!(export_raw(&srv.url, Some(NORTH_TOKEN), &north).await.key);
+    let probe = export_raw(&srv.url, Some(NORTH_TOKEN), &south).await;
+    assert_eq!(probe.status.expect("refused").code(), Code::NotFound);
+    assert!(export_raw(&srv.url, Some(SOUTH_TOKEN), &south).await.key);
+    // An unrestricted principal's exports count for the case's tenant.
+    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &north).await.key);
+    let stranger = export_raw(&srv.url, Some("no-such-token"), &north).await;
+    assert_eq!(
+        stranger.status.expect("refused").code(),
+        Code::Unauthenticated
+    );
+    srv.settle().await;
+    let all = srv.events();
+
+    // Calls by request id: who made them and which tenant they reached.
+    let call_of = |rid: &str| -> (Option<String>, Option<String>) {
+        let evs = of_request(&all, rid);
+        let principal = evs.iter().find_map(|e| e.principal.clone());
+        let tenant = evs
+            .iter()
+            .find_map(|e| detail(e).get("tenant")?.as_str().map(str::to_string));
+        (principal, tenant)
+    };
+    let tenant_of_sealed: Vec<String> = all
+        .iter()
+        .filter(|(_, e, _)| e.kind == Kind::Sealed)
+        .map(|(_, e, _)| detail(e)["tenant"].as_str().expect("tenant").to_string())
+        .collect();
+    assert_eq!(tenant_of_sealed, ["north", "south", "north"]);
+
+    for (token, tenant, own) in [
+        (NORTH_AUDITOR_TOKEN, "north", "north-svc"),
+        (SOUTH_AUDITOR_TOKEN, "south", "south-svc"),
+    ] {
+        let listed = list_as(&srv.url, token).await;
+        assert!(
+            listed.iter().any(|e| e.kind == "server_start"),
+            "{tenant}: lifecycle events stay visible"
+        );
+        let mut seen_completed = 0;
+        for e in listed.iter().filter(|e| e.kind != "server_start") {
+            let (principal, case_tenant) = call_of(&e.request_id);
+            let own_auditor = format!("{tenant}-auditor");
+            assert!(
+                case_tenant.as_deref() == Some(tenant)
+                    || principal.as_deref() == Some(own)
+                    || principal.as_deref() == Some(own_auditor.as_str()),
+                "{tenant} auditor sees an event of another tenant or an unknown caller: {e:#?}"
+            );
+            if e.kind == "completed" {
+                seen_completed += 1;
+            }
+        }
+        // Its tenant's two completed exports (the own principal's and the
+        // unrestricted one's for north; the own principal's for south).
+        let expected = if tenant == "north" { 2 } else { 1 };
+        assert_eq!(seen_completed, expected, "{tenant}: {listed:#?}");
+        // The north principal's probe of a south case is north's business.
+        let sees_probe = listed
+            .iter()
+            .any(|e| e.case_id == south && e.principal == "north-svc");
+        assert_eq!(sees_probe, tenant == "north", "{tenant}");
+        assert!(
+            !listed
+                .iter()
+                .any(|e| e.principal.is_empty() && e.kind != "server_start"),
+            "{tenant}: calls of unknown callers are for unrestricted auditors"
+        );
+
+        let mut audit = AuditServiceClient::new(channel(&srv.url, false).await);
+        let v = audit
+            .verify_log(with_creds(VerifyLogRequest {}, Some(token), None))
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(v.ok, "{:?}", v.problems);
+        assert!(v.events as usize >= all.len(), "{v:?}");
+    }
+
+    // An unrestricted auditor sees every event, the stranger's included.
+    let everything = list_as(&srv.url, AUDITOR_TOKEN).await;
+    assert!(everything.len() >= all.len());
+    assert!(
+        everything
+            .iter()
+            .any(|e| e.principal.is_empty() && e.kind == "denied")
+    );
+    srv.stop().await;
+}

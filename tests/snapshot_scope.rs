@@ -200,7 +200,8 @@ fn build_with(
         created_at: CREATED_AT,
         max_bytes,
         busy_timeout: Duration::from_millis(200),
-        tenants: None,
+        tenant_column: None,
+        allowed_tenants: None,
     })
 }
 
@@ -661,10 +662,63 @@ fn unknown_tenant_column_is_a_schema_error_not_a_string() {
         created_at: CREATED_AT,
         max_bytes: 1 << 30,
         busy_timeout: Duration::from_millis(200),
-        tenants: Some(("no_such_column", &tenants)),
+        tenant_column: Some("no_such_column"),
+        allowed_tenants: Some(&tenants),
     });
     match r {
         Err(SnapshotError::Schema(m)) => assert!(m.contains("no_such_column"), "{m}"),
         other => panic!("expected a schema error, got {other:?}"),
     }
+}
+
+/// One case, one spelling: a NOCASE key matches `a-1` for `A-1`, and an
+/// INTEGER key matches `007` and `7.0` for 7. Only the stored spelling
+/// selects the case, so the trail, the manifest and the file name can only
+/// ever record the key as stored; other spellings are `NotFound`.
+#[test]
+fn only_the_stored_spelling_of_a_nocase_key_selects_the_case() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nocase.db");
+    let conn = Connection::open(&path).expect("create");
+    conn.execute_batch(
+        "CREATE TABLE investigations (code TEXT PRIMARY KEY COLLATE NOCASE, title TEXT);
+         INSERT INTO investigations VALUES ('case-abc', 'Alpha');",
+    )
+    .expect("fixture");
+    drop(conn);
+    for spelling in ["CaSe-AbC", "CASE-ABC", "Case-abc"] {
+        match build_with(&path, spelling, &scope(), 1 << 30) {
+            Err(SnapshotError::NotFound) => {}
+            other => panic!("{spelling}: expected NotFound, got {other:?}"),
+        }
+    }
+    let mut s = build_with(&path, "case-abc", &scope(), 1 << 30).expect("stored spelling");
+    let v = open(&mut s);
+    assert_eq!(v.manifest().expect("manifest").case_id, "case-abc");
+}
+
+#[test]
+fn only_the_stored_spelling_of_an_integer_key_selects_the_case() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("int.db");
+    let conn = Connection::open(&path).expect("create");
+    conn.execute_batch(
+        "CREATE TABLE investigations (code INTEGER PRIMARY KEY, title TEXT);
+         CREATE TABLE items (id INTEGER PRIMARY KEY,
+                             case_code INTEGER REFERENCES investigations(code));
+         INSERT INTO investigations VALUES (7, 'Seven');
+         INSERT INTO items VALUES (1, 7);",
+    )
+    .expect("fixture");
+    drop(conn);
+    for spelling in ["007", "7.0", "+7", " 7", "7e0"] {
+        match build_with(&path, spelling, &scope(), 1 << 30) {
+            Err(SnapshotError::NotFound) => {}
+            other => panic!("{spelling:?}: expected NotFound, got {other:?}"),
+        }
+    }
+    let mut s = build_with(&path, "7", &scope(), 1 << 30).expect("stored spelling");
+    let v = open(&mut s);
+    assert_eq!(v.manifest().expect("manifest").case_id, "7");
+    assert_rows(&v, "items", rows![[1, 7]]);
 }

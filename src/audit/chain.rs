@@ -4,6 +4,17 @@
 use super::Event;
 use sha2::{Digest, Sha256};
 
+/// The last committed event of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The 16 random bytes naming this log.
+    pub log_id: [u8; 16],
+    /// Sequence number of the last committed event; 0 for an empty log.
+    pub seq: u64,
+    /// Hash of the last committed event; the genesis hash for an empty log.
+    pub hash: [u8; 32],
+}
+
 const GENESIS_DOMAIN: &[u8] = b"case-export audit genesis v1\0";
 const EVENT_DOMAIN: &[u8] = b"case-export audit event v1\0";
 

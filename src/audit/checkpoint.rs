@@ -1,7 +1,7 @@
 //! Signed checkpoints of the chain's head, to anchor elsewhere and later
 //! detect a removed tail.
 
-use super::store::Head;
+use super::chain::Head;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -9,6 +9,9 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 const DOMAIN: &[u8] = b"case-export checkpoint v1\0";
+/// The domain of a final checkpoint (written at a clean stop): nothing may
+/// follow its head when the server starts again, so the flag is signed.
+const FINAL_DOMAIN: &[u8] = b"case-export final checkpoint v1\0";
 
 /// An Ed25519 key that signs checkpoints. No `Debug`, no `Display`.
 pub struct CheckpointSigner {
@@ -64,11 +67,15 @@ pub struct Checkpoint {
     /// The Ed25519 signature over the checkpoint as hex, when signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Written at a clean stop: the server held the trail to exactly this
+    /// head when it started again.
+    #[serde(rename = "final", default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_final: bool,
 }
 
 impl Checkpoint {
     fn message(&self) -> Vec<u8> {
-        let mut m = DOMAIN.to_vec();
+        let mut m = if self.is_final { FINAL_DOMAIN } else { DOMAIN }.to_vec();
         for f in [&self.log_id, &self.head_hash, &self.ts] {
             m.extend_from_slice(&(f.len() as u64).to_be_bytes());
             m.extend_from_slice(f.as_bytes());
@@ -77,8 +84,9 @@ impl Checkpoint {
         m
     }
 
-    /// A checkpoint of `head` now, signed when a signer is given.
-    pub fn new(head: &Head, signer: Option<&CheckpointSigner>) -> Self {
+    /// A checkpoint of `head` now, signed when a signer is given; `is_final`
+    /// for the one written at a clean stop.
+    pub fn new(head: &Head, signer: Option<&CheckpointSigner>, is_final: bool) -> Self {
         let mut c = Self {
             log_id: hex::encode(head.log_id),
             seq: head.seq,
@@ -86,6 +94,7 @@ impl Checkpoint {
             ts: super::now_rfc3339(),
             public_key: None,
             signature: None,
+            is_final,
         };
         if let Some(s) = signer {
             c.public_key = Some(s.public_hex());

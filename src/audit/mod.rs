@@ -4,13 +4,19 @@
 
 mod chain;
 mod checkpoint;
+mod integrity;
 mod store;
 mod verify;
+mod writer;
 
+pub use chain::Head;
 pub use checkpoint::{Checkpoint, CheckpointSigner, read_checkpoints};
-pub use store::CheckpointConfig;
-pub use store::{AuditError, AuditHandle, AuditWriter, Head, open_log_read_only};
-pub use verify::{ListFilter, Verification, list_events, verify_log};
+pub use integrity::{TrailMismatch, last_good_head, start_new_trail};
+pub use store::{AuditError, open_log_read_only};
+pub use verify::{
+    ListFilter, TenantView, Verification, list_events, verify_log, visible_request_ids,
+};
+pub use writer::{AuditHandle, AuditWriter, WriterConfig};
 
 use serde::Serialize;
 
@@ -34,6 +40,10 @@ pub enum Kind {
     Denied,
     /// The server started with this log.
     ServerStart,
+    /// The first event of a trail started in place of one that was refused
+    /// (`case-export audit new-trail`); names the old log and its last good
+    /// head.
+    TrailStart,
 }
 
 impl Kind {
@@ -48,6 +58,7 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Denied => "denied",
             Kind::ServerStart => "server_start",
+            Kind::TrailStart => "trail_start",
         }
     }
 
@@ -62,6 +73,7 @@ impl Kind {
             "failed" => Kind::Failed,
             "denied" => Kind::Denied,
             "server_start" => Kind::ServerStart,
+            "trail_start" => Kind::TrailStart,
             _ => return None,
         })
     }
@@ -130,6 +142,13 @@ impl Event {
             instance: String::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
+    }
+
+    /// About the bytes this event takes in the store (fields plus the
+    /// fixed columns and hashes), for the bound on the writer's queue.
+    pub fn stored_size(&self) -> u64 {
+        let fields: usize = self.fields().iter().flatten().map(|f| f.len()).sum();
+        (fields + 160) as u64
     }
 
     /// The hashed fields, in their fixed order (docs/AUDIT.md).

@@ -34,10 +34,11 @@ impl Verification {
     }
 }
 
-const COLUMNS: &str = "seq, ts, kind, request_id, method, principal, on_behalf_of, peer, \
+pub(super) const COLUMNS: &str = "seq, ts, kind, request_id, method, principal, on_behalf_of, peer, \
     tls_identity, case_id, export_id, purpose, code, detail, instance, version, prev_hash, hash";
 
-fn read_event(r: &Row<'_>) -> rusqlite::Result<(u64, Event, String, String, String)> {
+#[allow(clippy::type_complexity)]
+pub(super) fn read_event(r: &Row<'_>) -> rusqlite::Result<(u64, Event, String, String, String)> {
     let kind: String = r.get(2)?;
     Ok((
         r.get::<_, i64>(0)? as u64,
@@ -230,6 +231,61 @@ pub struct ListFilter {
     pub until: Option<String>,
     /// At most this many events; all when `None`.
     pub limit: Option<u64>,
+    /// For an auditor limited to tenants: only what it may see.
+    pub visible_to: Option<TenantView>,
+}
+
+/// What an auditor limited to tenants may read of the trail (docs/AUDIT.md,
+/// "Auditors limited to tenants"): the server's own lifecycle events, every
+/// event of a call whose export was tied to one of its tenants, and every
+/// event of a call made by a principal limited to some of its tenants.
+/// Everything else (unknown callers, unrestricted principals' calls not tied
+/// to a tenant) is for unrestricted auditors only.
+#[derive(Debug, Default, Clone)]
+pub struct TenantView {
+    /// The auditor's tenants.
+    pub tenants: Vec<String>,
+    /// Principals whose own `tenants` are all among the auditor's.
+    pub principals: Vec<String>,
+}
+
+/// Event kinds that belong to the server, not to a call.
+const LIFECYCLE_KINDS: &str = "'server_start'";
+
+impl TenantView {
+    /// An SQL condition on `audit_events` with its arguments appended.
+    fn condition(&self, args: &mut Vec<Value>) -> String {
+        let marks = |n: usize| vec!["?"; n].join(", ");
+        let sql = format!(
+            "(kind IN ({LIFECYCLE_KINDS}) \
+             OR request_id IN (SELECT request_id FROM audit_events WHERE \
+                 CASE WHEN json_valid(detail) THEN json_extract(detail, '$.tenant') END \
+                 IN ({})) \
+             OR request_id IN (SELECT request_id FROM audit_events WHERE principal IN ({})))",
+            marks(self.tenants.len()),
+            marks(self.principals.len()),
+        );
+        args.extend(self.tenants.iter().cloned().map(Value::Text));
+        args.extend(self.principals.iter().cloned().map(Value::Text));
+        sql
+    }
+}
+
+/// The request ids of the calls `view` may see.
+pub fn visible_request_ids(
+    conn: &Connection,
+    view: &TenantView,
+) -> Result<std::collections::HashSet<String>, AuditError> {
+    let mut args = Vec::new();
+    let sql = format!(
+        "SELECT DISTINCT request_id FROM audit_events WHERE {}",
+        view.condition(&mut args)
+    );
+    let mut st = conn.prepare(&sql).map_err(db_err)?;
+    let rows = st
+        .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
 }
 
 /// Events matching `f`, in sequence order.
@@ -256,6 +312,10 @@ pub fn list_events(
     if let Some(u) = &f.until {
         sql.push_str(" AND julianday(ts) < julianday(?)");
         args.push(Value::Text(instant("until", u)?));
+    }
+    if let Some(view) = &f.visible_to {
+        sql.push_str(" AND ");
+        sql.push_str(&view.condition(&mut args));
     }
     sql.push_str(" ORDER BY seq");
     if let Some(l) = f.limit {

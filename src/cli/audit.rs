@@ -2,7 +2,7 @@
 
 use super::{CliError, CliResult};
 use case_export::audit::{
-    ListFilter, list_events, open_log_read_only, read_checkpoints, verify_log,
+    ListFilter, list_events, open_log_read_only, read_checkpoints, start_new_trail, verify_log,
 };
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -20,6 +20,22 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// List events as a table or JSON lines.
     List(ListArgs),
+    /// Start a new trail in place of one the server refused, recording the
+    /// old log id and its last good head in its first event.
+    NewTrail(NewTrailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewTrailArgs {
+    /// The refused trail (left as it is, for the investigation).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The new trail's file; it must not exist. Point `audit_db` at it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Why the old trail was replaced (an incident reference).
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +77,26 @@ pub fn run(a: AuditArgs) -> Result<u8, CliError> {
     match a.command {
         AuditCommand::Verify(v) => verify(v),
         AuditCommand::List(l) => list(l).map(|_| 0),
+        AuditCommand::NewTrail(n) => new_trail(n).map(|_| 0),
     }
+}
+
+fn new_trail(a: NewTrailArgs) -> CliResult {
+    let (old, new) = start_new_trail(&a.db, &a.out, &a.reason).map_err(CliError::new)?;
+    println!(
+        "new trail {} (log {}) continues log {} from its last good event {} (hash {})",
+        a.out.display(),
+        hex::encode(new.log_id),
+        hex::encode(old.log_id),
+        old.seq,
+        hex::encode(old.hash),
+    );
+    println!(
+        "point audit_db at {}; keep {} unchanged for the investigation",
+        a.out.display(),
+        a.db.display()
+    );
+    Ok(())
 }
 
 fn verify(a: VerifyArgs) -> Result<u8, CliError> {

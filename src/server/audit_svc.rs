@@ -1,7 +1,11 @@
 //! `AuditService`: the custody trail over gRPC, for the `auditor` role.
 //! Reads use their own read-only connection on a blocking thread.
 
-use crate::audit::{ListFilter, list_events, open_log_read_only, verify_log};
+use super::auth::Principal;
+use super::config::PrincipalConfig;
+use crate::audit::{
+    ListFilter, TenantView, list_events, open_log_read_only, verify_log, visible_request_ids,
+};
 use crate::pb::audit_service_server::AuditService;
 use crate::pb::{AuditEvent, ListEventsRequest, VerifyLogRequest, VerifyLogResponse};
 use std::path::PathBuf;
@@ -13,6 +17,35 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AuditSvc {
     pub(crate) audit_db: PathBuf,
+    pub(crate) principals: std::sync::Arc<Vec<PrincipalConfig>>,
+}
+
+impl AuditSvc {
+    /// What the calling auditor may see: `None` for an auditor without
+    /// tenant limits (everything).
+    fn view_of<T>(&self, request: &Request<T>) -> Result<Option<TenantView>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| Status::internal("call reached the audit service unauthenticated"))?;
+        let Some(tenants) = &principal.tenants else {
+            return Ok(None);
+        };
+        let principals = self
+            .principals
+            .iter()
+            .filter(|p| {
+                p.tenants
+                    .as_ref()
+                    .is_some_and(|pt| pt.iter().all(|t| tenants.contains(t)))
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        Ok(Some(TenantView {
+            tenants: tenants.clone(),
+            principals,
+        }))
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -32,8 +65,10 @@ impl AuditService for AuditSvc {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<Self::ListEventsStream>, Status> {
+        let visible_to = self.view_of(&request)?;
         let r = request.into_inner();
         let filter = ListFilter {
+            visible_to,
             case_id: opt(r.case_id),
             principal: opt(r.principal),
             since: opt(r.since),
@@ -83,12 +118,20 @@ impl AuditService for AuditSvc {
 
     async fn verify_log(
         &self,
-        _request: Request<VerifyLogRequest>,
+        request: Request<VerifyLogRequest>,
     ) -> Result<Response<VerifyLogResponse>, Status> {
+        let view = self.view_of(&request)?;
         let path = self.audit_db.clone();
         let v = tokio::task::spawn_blocking(move || {
             let conn = open_log_read_only(&path)?;
-            verify_log(&conn, &[], None)
+            let mut v = verify_log(&conn, &[], None)?;
+            // The chain's integrity is for every auditor; which calls are
+            // open is event content, shown only where the caller may see it.
+            if let Some(view) = view {
+                let visible = visible_request_ids(&conn, &view)?;
+                v.unterminated.retain(|u| visible.contains(&u.1));
+            }
+            Ok::<_, crate::audit::AuditError>(v)
         })
         .await
         .map_err(unavailable)?

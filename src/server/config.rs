@@ -164,6 +164,9 @@ pub struct AuditConfig {
     pub checkpoint_file: Option<PathBuf>,
     /// Ed25519 seed (64 hex digits) that signs checkpoints.
     pub checkpoint_key_file: Option<PathBuf>,
+    /// Bytes of audit events that may wait while the store cannot write;
+    /// when full, new calls are refused (UNAVAILABLE).
+    pub max_queued_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -172,6 +175,7 @@ impl Default for AuditConfig {
             checkpoint_interval_secs: 300,
             checkpoint_file: None,
             checkpoint_key_file: None,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -382,6 +386,12 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.audit.max_queued_bytes < 1 << 20 {
+            return v(
+                "audit.max_queued_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            );
         }
         if self.audit.checkpoint_interval_secs == 0 {
             return v(

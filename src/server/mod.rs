@@ -18,7 +18,9 @@ pub use error::{ExportError, validate_case_id, validate_purpose};
 pub use layer::code_name;
 pub use service::file_name_for;
 
-use crate::audit::{AuditHandle, AuditWriter, CheckpointConfig, CheckpointSigner, Event, Kind};
+use crate::audit::{
+    AuditError, AuditHandle, AuditWriter, CheckpointSigner, Event, Kind, WriterConfig,
+};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
 use audit_svc::AuditSvc;
@@ -141,10 +143,11 @@ pub async fn serve_on(
     let writer = AuditWriter::start(
         &config.audit_db,
         &instance,
-        CheckpointConfig {
+        WriterConfig {
             every: Duration::from_secs(config.audit.checkpoint_interval_secs),
             file: config.audit.checkpoint_file.clone(),
             signer,
+            max_queued_bytes: config.audit.max_queued_bytes,
         },
     )?;
     let audit = writer.handle();
@@ -153,12 +156,18 @@ pub async fn serve_on(
         serde_json::json!({ "listen": listener.local_addr().ok().map(|a| a.to_string()) })
             .to_string(),
     );
-    audit.commit(start).await.map_err(|e| {
-        ServeError::Setup(format!(
-            "cannot write to the audit database {}: {e}",
-            config.audit_db.display()
-        ))
-    })?;
+    match audit.commit(start).await {
+        Ok(_) => {}
+        // Served refused: health says NOT_SERVING, every export is refused,
+        // and the operator sees why in the log and the metrics.
+        Err(AuditError::Mismatch(_)) => {}
+        Err(e) => {
+            return Err(ServeError::Setup(format!(
+                "cannot write to the audit database {}: {e}",
+                config.audit_db.display()
+            )));
+        }
+    }
     let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -203,6 +212,7 @@ pub async fn serve_on(
     let audit_svc = tonic::service::interceptor::InterceptedService::new(
         AuditServiceServer::new(AuditSvc {
             audit_db: config.audit_db.clone(),
+            principals: Arc::new(config.principals.clone()),
         })
         .max_decoding_message_size(config.max_request_bytes),
         AuthInterceptor {

@@ -119,7 +119,8 @@ impl ExportService for ExportSvc {
         let tenants = principal.and_then(|p| p.tenants);
         let snapshot = tokio::task::spawn_blocking(move || {
             build_snapshot(&SnapshotRequest {
-                tenants: tenants.as_deref().map(|t| (cfg.tenant_column.as_str(), t)),
+                tenant_column: Some(cfg.tenant_column.as_str()),
+                allowed_tenants: tenants.as_deref(),
                 source: &cfg.case_db,
                 case_id: &case_id,
                 scope: &cfg.scope,
@@ -141,6 +142,14 @@ impl ExportService for ExportSvc {
             }
         };
 
+        // The case's tenant goes with the custody record and the call's end,
+        // so auditors limited to tenants see the exports of their tenants.
+        let tenant = snapshot.tenant.clone();
+        if let Some(t) = &tenant {
+            ctx.note(|i| {
+                i.detail.insert("tenant".into(), t.clone().into());
+            });
+        }
         reservation.shrink_to(snapshot.len() + st.config.stream_buffer_bytes());
         crate::metrics::metrics()
             .snapshot_size
@@ -230,6 +239,7 @@ impl ExportService for ExportSvc {
             drop(snapshot);
             // The custody record must be committed before the key leaves.
             let detail = serde_json::json!({
+                "tenant": tenant,
                 "row_counts": row_counts,
                 "plaintext_size": summary.plaintext_size,
                 "ciphertext_sha256": hex::encode(summary.sha256),

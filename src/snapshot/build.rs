@@ -26,9 +26,12 @@ pub struct SnapshotRequest<'a> {
     pub max_bytes: u64,
     /// How long to wait for a writer's lock on the source.
     pub busy_timeout: Duration,
-    /// For callers limited to tenants: the root table's tenant column and
-    /// the tenants they may see. A case of another tenant is `NotFound`.
-    pub tenants: Option<(&'a str, &'a [String])>,
+    /// Column of the root table naming a case's tenant, if the source has
+    /// one; the tenant is then read and returned with the snapshot.
+    pub tenant_column: Option<&'a str>,
+    /// For callers limited to tenants: the tenants they may see. A case of
+    /// another tenant is `NotFound`; the tenant column must then exist.
+    pub allowed_tenants: Option<&'a [String]>,
 }
 
 /// A finished snapshot held in memory; its bytes are zeroed on drop.
@@ -39,6 +42,9 @@ pub struct Snapshot {
     pub row_counts: Vec<(String, u64)>,
     /// SHA-256 (hex) of the source schema; see docs/SNAPSHOT.md.
     pub source_schema_sha256: String,
+    /// The case's tenant, when the root table has the tenant column and the
+    /// case's value there is not NULL.
+    pub tenant: Option<String>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -173,6 +179,7 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
         size: 0,
         row_counts: Vec::new(),
         source_schema_sha256: String::new(),
+        tenant: None,
     };
     snap.conn
         .execute_batch(
@@ -235,38 +242,15 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
             }
         }
     }
-    if let Some((column, allowed)) = req.tenants {
-        // SQLite reads an unknown double-quoted name as a string, which
-        // would compare every case against the column's name: refuse.
-        let exists: bool = snap
-            .conn
-            .query_row(
-                "SELECT count(*) > 0 FROM src.pragma_table_info(?1) WHERE name = ?2",
-                [graph.root().name.as_str(), column],
-                |r| r.get(0),
-            )
-            .map_err(src_err)?;
-        if !exists {
-            return Err(SnapshotError::Schema(format!(
-                "tenant column {column:?} does not exist in the root table"
-            )));
-        }
-        let sql = format!(
-            "SELECT {} FROM src.{} WHERE {} = ?1",
-            ident(column),
-            ident(&graph.root().name),
-            ident(&req.scope.root_key)
-        );
-        let tenant: Option<String> = match snap.conn.query_row(&sql, [req.case_id], |r| r.get(0)) {
-            Ok(t) => t,
-            Err(rusqlite::Error::QueryReturnedNoRows) => None,
-            Err(e) => return Err(SnapshotError::Schema(format!("tenant column: {e}"))),
-        };
+    let tenant = case_tenant(&snap.conn, &graph, req).inspect_err(|_| {
+        let _ = snap.conn.execute_batch("ROLLBACK");
+    })?;
+    if let Some(allowed) = req.allowed_tenants
+        && !tenant.as_ref().is_some_and(|t| allowed.contains(t))
+    {
         // Same answer as a missing case, so ids cannot be probed.
-        if !tenant.is_some_and(|t| allowed.contains(&t)) {
-            let _ = snap.conn.execute_batch("ROLLBACK");
-            return Err(SnapshotError::NotFound);
-        }
+        let _ = snap.conn.execute_batch("ROLLBACK");
+        return Err(SnapshotError::NotFound);
     }
     for sql in &tables_sql {
         snap.conn.execute_batch(sql).map_err(too_large)?;
@@ -313,7 +297,54 @@ pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotErr
     snap.size = size as u64;
     snap.row_counts = row_counts;
     snap.source_schema_sha256 = fingerprint;
+    snap.tenant = tenant;
     Ok(snap)
+}
+
+/// The case's tenant from its root row. A missing column is no tenant,
+/// unless the caller is limited to tenants: then the configuration does not
+/// fit the source. Only the stored spelling of the key matches (see
+/// `ScopeGraph::root_match`).
+fn case_tenant(
+    conn: &Connection,
+    graph: &ScopeGraph,
+    req: &SnapshotRequest<'_>,
+) -> Result<Option<String>, SnapshotError> {
+    let Some(column) = req.tenant_column else {
+        return Ok(None);
+    };
+    // SQLite reads an unknown double-quoted name as a string, which would
+    // compare every case against the column's name: look it up first.
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM src.pragma_table_info(?1) WHERE name = ?2",
+            [graph.root().name.as_str(), column],
+            |r| r.get(0),
+        )
+        .map_err(|e| SnapshotError::from_source(e, req.busy_timeout))?;
+    if !exists {
+        return match req.allowed_tenants {
+            Some(_) => Err(SnapshotError::Schema(format!(
+                "tenant column {column:?} does not exist in the root table"
+            ))),
+            None => Ok(None),
+        };
+    }
+    let sql = format!(
+        "SELECT {} FROM src.{} AS s WHERE {}",
+        ident(column),
+        ident(&graph.root().name),
+        ScopeGraph::root_match(&req.scope.root_key),
+    );
+    match conn.query_row(&sql, [req.case_id], |r| r.get::<_, Option<String>>(0)) {
+        Ok(t) => Ok(t),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        // A non-text tenant only matters to callers limited to tenants.
+        Err(e) if req.allowed_tenants.is_some() => {
+            Err(SnapshotError::Schema(format!("tenant column: {e}")))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 fn write_manifest(

@@ -250,14 +250,24 @@ impl ScopeGraph {
         &self.tables[0]
     }
 
+    /// The condition (on the source root table aliased `s`) that selects the
+    /// case whose key is `?1`, spelled exactly as stored. A NOCASE key or one
+    /// of INTEGER affinity would otherwise match several spellings (`CaSe` for
+    /// `case`, `007` or `7.0` for 7), and the trail, the manifest and the file
+    /// name would each record the spelling asked for, not the case's.
+    pub fn root_match(key_col: &str) -> String {
+        let k = ident(key_col);
+        format!("s.{k} = ?1 AND CAST(s.{k} AS TEXT) = ?1 COLLATE BINARY")
+    }
+
     /// Copies the root row; `Ok(false)` when there is none.
     pub fn copy_root(&self, conn: &Connection, key_col: &str, key: &str) -> rusqlite::Result<bool> {
         let t = self.root();
         let (cols, sel) = copy_lists(t);
         let sql = format!(
-            "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM src.{tn} AS s WHERE s.{k} = ?1",
+            "INSERT INTO main.{tn} ({cols}) SELECT {sel} FROM src.{tn} AS s WHERE {m}",
             tn = ident(&t.name),
-            k = ident(key_col),
+            m = Self::root_match(key_col),
         );
         let n = conn.execute(&sql, [key])?;
         if n > 1 {

