@@ -938,3 +938,239 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
     assert!(v.chain_ok(), "{:?}", v.problems);
     assert_eq!(v.unterminated.len(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// The writer takes up only the trail it left (stopped and running)
+// ---------------------------------------------------------------------------
+
+fn writer_on(log: &Log) -> AuditWriter {
+    AuditWriter::start(
+        &log.db,
+        "tamper-test",
+        case_export::audit::WriterConfig {
+            every: Duration::from_secs(3600),
+            file: Some(log.checkpoints.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("start writer")
+}
+
+/// Commits one event, or returns why not.
+fn append_one(w: &AuditWriter) -> Result<u64, case_export::audit::AuditError> {
+    w.handle()
+        .record_acked(call_event(Kind::Attempt, "r9", "-"))
+        .blocking_recv()
+        .expect("writer answers")
+}
+
+/// Asserts the writer refuses the trail, naming `seq` as the first event
+/// that differs, and that appending is refused.
+#[track_caller]
+fn assert_refused_at(w: &AuditWriter, seq: u64) {
+    let h = w.handle();
+    let m = h.mismatch().cloned().expect("the trail is refused");
+    assert_eq!(m.seq, seq, "{m}");
+    assert!(!h.is_healthy() && !h.is_accepting());
+    match append_one(w) {
+        Err(case_export::audit::AuditError::Mismatch(m)) => assert_eq!(m.seq, seq),
+        other => panic!("append on a refused trail: {other:?}"),
+    }
+}
+
+/// Starts a writer on the log and asserts it refuses the trail at `seq`.
+#[track_caller]
+fn refused_at_start(log: &Log, seq: u64) {
+    let w = writer_on(log);
+    assert_refused_at(&w, seq);
+    w.shutdown();
+}
+
+/// Removes a trail and the WAL files beside it.
+fn remove_trail(db: &Path) {
+    std::fs::remove_file(db).expect("remove the trail");
+    for ext in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(ext);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// An event forged at `seq` (a copy of the last event with a correctly
+/// recomputed hash), as an attacker knowing the format would append it.
+fn forge_append(db: &Path, seq: u64) {
+    tamper(
+        db,
+        &format!(
+            "INSERT INTO audit_events SELECT {seq}, ts, kind, 'forged', method, principal, \
+             on_behalf_of, peer, tls_identity, case_id, export_id, purpose, code, detail, \
+             instance, version, hash, hash FROM audit_events WHERE seq = {}",
+            seq - 1
+        ),
+    );
+    rehash(db, seq);
+}
+
+#[test]
+fn an_untouched_trail_restarts_and_serves_as_before() {
+    let log = build_log();
+    let cps = case_export::audit::read_checkpoints(&log.checkpoints).expect("checkpoints");
+    let last = cps.last().expect("a final checkpoint at shutdown");
+    assert!(last.is_final && last.seq == EVENTS, "{last:?}");
+    for round in 0..2 {
+        let w = writer_on(&log);
+        assert!(w.handle().mismatch().is_none(), "round {round}");
+        assert_eq!(append_one(&w).expect("append"), EVENTS + 1 + round);
+        w.shutdown();
+    }
+    let v = verify_with_checkpoints(&log.db, &log.checkpoints);
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    assert_eq!(v.checkpoints_ok, 3);
+}
+
+#[test]
+fn a_tail_cut_while_stopped_is_refused_at_start() {
+    let log = build_log();
+    tamper(&log.db, "DELETE FROM audit_events WHERE seq >= 12");
+    refused_at_start(&log, 12);
+    // Nothing was appended or signed over the cut trail.
+    assert_eq!(verify(&log.db).last_seq, 11);
+    let cps = case_export::audit::read_checkpoints(&log.checkpoints).expect("checkpoints");
+    assert_eq!(
+        cps.len(),
+        1,
+        "no checkpoint over the refused trail: {cps:?}"
+    );
+}
+
+#[test]
+fn an_event_forged_after_the_final_checkpoint_is_refused_at_start() {
+    let log = build_log();
+    forge_append(&log.db, EVENTS + 1);
+    // The forgery is a valid link of the chain: only the final checkpoint
+    // of the clean stop tells it was not written by the server.
+    assert!(verify(&log.db).chain_ok());
+    refused_at_start(&log, EVENTS + 1);
+}
+
+#[test]
+fn an_event_rewritten_while_stopped_is_refused_at_start() {
+    // Contents edited, hash left: the chain walk names the event.
+    let log = build_log();
+    tamper(
+        &log.db,
+        "UPDATE audit_events SET purpose = 'nothing to see' WHERE seq = 7",
+    );
+    refused_at_start(&log, 7);
+    // Rewritten with every later hash recomputed: the chain holds, the
+    // final checkpoint does not.
+    let log = build_log();
+    tamper(
+        &log.db,
+        "UPDATE audit_events SET purpose = 'nothing to see' WHERE seq = 7",
+    );
+    rechain(&log.db, 7);
+    assert!(verify(&log.db).chain_ok());
+    refused_at_start(&log, EVENTS);
+}
+
+#[test]
+fn a_trail_replaced_under_a_new_id_is_refused_until_started_as_its_successor() {
+    let log = build_log();
+    let old = log.copy("old.db");
+    remove_trail(&log.db);
+    // A fresh, empty trail under a new id in its place.
+    refused_at_start(&log, 1);
+    remove_trail(&log.db);
+    let o = run(bin()
+        .args(["audit", "new-trail", "--db"])
+        .arg(&old)
+        .arg("--out")
+        .arg(&log.db)
+        .args(["--reason", "INC-7: trail refused"]));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(stdout_of(&o).contains(&format!("last good event {EVENTS}")));
+    let w = writer_on(&log);
+    assert!(w.handle().mismatch().is_none());
+    assert_eq!(append_one(&w).expect("append"), 2);
+    w.shutdown();
+    let first = &case_export::audit::list_events(
+        &open_log_read_only(&log.db).expect("open"),
+        &Default::default(),
+    )
+    .expect("list")[0]
+        .1;
+    assert_eq!(first.kind, Kind::TrailStart);
+    let d: serde_json::Value =
+        serde_json::from_str(first.detail.as_deref().expect("detail")).expect("json");
+    assert_eq!(d["previous_seq"], EVENTS);
+    assert_eq!(d["previous_hash"], stored_hash(&old, EVENTS));
+    assert_eq!(d["reason"], "INC-7: trail refused");
+}
+
+#[test]
+fn a_tail_cut_while_running_is_refused_at_the_next_write() {
+    let log = build_log();
+    let w = writer_on(&log);
+    assert_eq!(append_one(&w).expect("append"), 14);
+    assert_eq!(append_one(&w).expect("append"), 15);
+    tamper(&log.db, "DELETE FROM audit_events WHERE seq = 15");
+    assert!(append_one(&w).is_err());
+    assert_refused_at(&w, 15);
+    w.shutdown();
+    // No final checkpoint over the cut trail.
+    let cps = case_export::audit::read_checkpoints(&log.checkpoints).expect("checkpoints");
+    assert_eq!(cps.len(), 1, "{cps:?}");
+}
+
+#[test]
+fn an_event_forged_while_running_is_refused_at_the_next_write() {
+    let log = build_log();
+    let w = writer_on(&log);
+    assert_eq!(append_one(&w).expect("append"), 14);
+    forge_append(&log.db, 15);
+    assert!(append_one(&w).is_err());
+    assert_refused_at(&w, 15);
+    // The forgery is not built upon: the trail still ends at it.
+    w.shutdown();
+    assert_eq!(verify(&log.db).last_seq, 15);
+}
+
+#[test]
+fn an_event_rewritten_while_running_is_refused_before_the_next_checkpoint() {
+    // Contents edited, hash left: found when the next checkpoint verifies
+    // the chain since the last one; no checkpoint is signed over it.
+    let log = build_log();
+    let w = writer_on(&log);
+    for _ in 0..3 {
+        append_one(&w).expect("append");
+    }
+    tamper(
+        &log.db,
+        "UPDATE audit_events SET principal = 'someone-else' WHERE seq = 15",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    assert!(rt.block_on(w.handle().checkpoint()).is_none());
+    assert_refused_at(&w, 15);
+    w.shutdown();
+
+    // Rewritten with every later hash recomputed: found at the next write,
+    // at the first event whose hash is not the one written.
+    let log = build_log();
+    let w = writer_on(&log);
+    for _ in 0..3 {
+        append_one(&w).expect("append");
+    }
+    tamper(
+        &log.db,
+        "UPDATE audit_events SET principal = 'someone-else' WHERE seq = 15",
+    );
+    rechain(&log.db, 15);
+    assert!(append_one(&w).is_err());
+    assert_refused_at(&w, 15);
+    w.shutdown();
+    let cps = case_export::audit::read_checkpoints(&log.checkpoints).expect("checkpoints");
+    assert_eq!(cps.len(), 1, "{cps:?}");
+}
