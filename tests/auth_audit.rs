@@ -1682,3 +1682,65 @@ async fn tenant_limited_auditors_read_only_their_tenants_events() {
     );
     srv.stop().await;
 }
+
+/// A server restarted on a trail with an event forged after its last clean
+/// stop refuses the trail: health NOT_SERVING, exports UNAVAILABLE with no
+/// key, and the metric counts it. Restored from a copy, the trail serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 10);
+    let mut config = base_config(dir.path(), &db, standard_principals());
+    config.audit.checkpoint_file = Some(dir.path().join("checkpoints.jsonl"));
+    let srv = Srv::start(config.clone()).await;
+    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await.key);
+    srv.settle().await;
+    srv.stop().await;
+    let backup = dir.path().join("audit.backup.db");
+    std::fs::copy(&config.audit_db, &backup).expect("back up the trail");
+
+    // Someone with file access appends an event, hash and all.
+    let conn = rusqlite::Connection::open(&config.audit_db).expect("open");
+    let last: i64 = conn
+        .query_row("SELECT max(seq) FROM audit_events", [], |r| r.get(0))
+        .expect("last seq");
+    conn.execute_batch(&format!(
+        "INSERT INTO audit_events SELECT seq + 1, ts, kind, 'forged', method, principal, \
+         on_behalf_of, peer, tls_identity, case_id, export_id, purpose, code, detail, instance, \
+         version, hash, hash FROM audit_events WHERE seq = {last}"
+    ))
+    .expect("forge");
+    drop(conn);
+
+    let before = case_export::metrics::metrics()
+        .audit_trail_mismatches
+        .get();
+    let srv = Srv::start(config.clone()).await;
+    wait_health(&srv.url, ServingStatus::NotServing).await;
+    let refused = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
+    let status = refused.status.expect("refused");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(refused.header.is_none() && !refused.key);
+    assert!(case_export::metrics::metrics().audit_trail_mismatches.get() > before);
+    srv.stop().await;
+    // Nothing was appended after the forgery.
+    let v = verify_log(
+        &case_export::audit::open_log_read_only(&config.audit_db).expect("open"),
+        &[],
+        None,
+    )
+    .expect("verify");
+    assert_eq!(v.last_seq, last as u64 + 1);
+
+    // Restored from the backup, the trail is the one written: it serves.
+    std::fs::remove_file(&config.audit_db).expect("remove");
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", config.audit_db.display()));
+    }
+    std::fs::copy(&backup, &config.audit_db).expect("restore");
+    let srv = Srv::start(config).await;
+    wait_health(&srv.url, ServingStatus::Serving).await;
+    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await.key);
+    srv.stop().await;
+}
