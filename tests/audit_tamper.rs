@@ -1174,3 +1174,75 @@ fn an_event_rewritten_while_running_is_refused_before_the_next_checkpoint() {
     let cps = case_export::audit::read_checkpoints(&log.checkpoints).expect("checkpoints");
     assert_eq!(cps.len(), 1, "{cps:?}");
 }
+
+/// While the store cannot write, the events waiting for it are bounded in
+/// bytes: past the bound new events are refused (and the server refuses new
+/// calls) instead of growing; once the store writes again, the queued ones
+/// land in order and events are taken again.
+#[test]
+fn the_queue_of_events_waiting_for_the_store_is_bounded_in_bytes() {
+    let log = build_log();
+    let w = AuditWriter::start(
+        &log.db,
+        "tamper-test",
+        case_export::audit::WriterConfig {
+            every: Duration::from_secs(3600),
+            file: Some(log.checkpoints.clone()),
+            max_queued_bytes: 8 * 1024,
+            ..Default::default()
+        },
+    )
+    .expect("start writer");
+    let fault = Connection::open(&log.db).expect("open");
+    fault
+        .execute_batch(
+            "CREATE TRIGGER test_fault BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .expect("inject the fault");
+    let h = w.handle();
+    // Sized as queued: the writer stamps its instance into every event.
+    let size = Event {
+        instance: "tamper-test".into(),
+        ..call_event(Kind::Attempt, "r9", "-")
+    }
+    .stored_size();
+    let mut queued = 0;
+    let refused = loop {
+        match h
+            .record_acked(call_event(Kind::Attempt, "r9", "-"))
+            .blocking_recv()
+            .expect("writer answers")
+        {
+            Err(case_export::audit::AuditError::Write(_)) => queued += 1,
+            Err(e @ case_export::audit::AuditError::QueueFull(_)) => break e,
+            other => panic!("with the store failing: {other:?}"),
+        }
+        assert!(queued * size <= 8 * 1024, "the queue grew past its bound");
+    };
+    eprintln!("{queued} events of {size} bytes queued before the refusal: {refused}");
+    assert!(
+        queued >= 1 && (queued + 1) * size > 8 * 1024,
+        "{queued} x {size}"
+    );
+    assert!(!h.is_accepting());
+    fault
+        .execute_batch("DROP TRIGGER test_fault")
+        .expect("heal the store");
+    drop(fault);
+    let seq = h
+        .record_acked(call_event(Kind::Attempt, "r10", "-"))
+        .blocking_recv()
+        .expect("writer answers");
+    // Refused while full, or written after the queued ones once healed.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !h.is_accepting() {
+        assert!(std::time::Instant::now() < end, "queue never drained");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.shutdown();
+    let v = verify(&log.db);
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    let expected = EVENTS + queued + u64::from(seq.is_ok());
+    assert_eq!(v.last_seq, expected, "{seq:?}");
+}

@@ -1694,7 +1694,11 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     let mut config = base_config(dir.path(), &db, standard_principals());
     config.audit.checkpoint_file = Some(dir.path().join("checkpoints.jsonl"));
     let srv = Srv::start(config.clone()).await;
-    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await.key);
+    assert!(
+        export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0)
+            .await
+            .key
+    );
     srv.settle().await;
     srv.stop().await;
     let backup = dir.path().join("audit.backup.db");
@@ -1713,9 +1717,7 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     .expect("forge");
     drop(conn);
 
-    let before = case_export::metrics::metrics()
-        .audit_trail_mismatches
-        .get();
+    let before = case_export::metrics::metrics().audit_trail_mismatches.get();
     let srv = Srv::start(config.clone()).await;
     wait_health(&srv.url, ServingStatus::NotServing).await;
     let refused = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
@@ -1741,6 +1743,10 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     std::fs::copy(&backup, &config.audit_db).expect("restore");
     let srv = Srv::start(config).await;
     wait_health(&srv.url, ServingStatus::Serving).await;
-    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await.key);
+    assert!(
+        export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0)
+            .await
+            .key
+    );
     srv.stop().await;
 }

@@ -196,7 +196,11 @@ pub(super) fn append(
     head: &Head,
     events: &[&Event],
 ) -> rusqlite::Result<Result<(Head, Vec<[u8; 32]>), Option<(u64, String)>>> {
-    let tx = conn.transaction()?;
+    // Immediate: the write lock first (waiting out a busy writer), so the
+    // tail read below is still the tail when the events go in. A deferred
+    // transaction that has read cannot wait for the lock: SQLite refuses
+    // the upgrade at once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let tail = stored_tail(&tx)?;
     let ours = (head.seq > 0).then(|| (head.seq, hex::encode(head.hash)));
     if tail != ours {

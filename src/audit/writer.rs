@@ -142,9 +142,13 @@ impl AuditHandle {
     }
 
     /// Whether new calls can be recorded: the trail is the one written and
-    /// the queue of events waiting for the store has room.
+    /// the queue of events waiting for the store has room. New calls stop
+    /// short of the bound (an eighth of it, at most 64 KiB), so the calls
+    /// already running can still record their ends.
     pub fn is_accepting(&self) -> bool {
-        self.mismatch.get().is_none() && self.queued.load(Ordering::SeqCst) < self.max_queued
+        let headroom = (self.max_queued / 8).min(64 << 10);
+        self.mismatch.get().is_none()
+            && self.queued.load(Ordering::SeqCst) + headroom < self.max_queued
     }
 
     /// Why the trail is refused, if it is.
