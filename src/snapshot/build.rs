@@ -151,154 +151,217 @@ fn schema_fingerprint(conn: &Connection) -> rusqlite::Result<String> {
 
 /// Takes the snapshot of one case. Blocking: run it off the async workers.
 pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
-    let busy = req.busy_timeout;
-    let src_err = |e| SnapshotError::from_source(e, busy);
-    let internal = SnapshotError::Internal;
-    match std::fs::metadata(req.source) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => return Err(SnapshotError::Unavailable("not a regular file")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Unavailable("database file not found"));
-        }
-        Err(_) => return Err(SnapshotError::Unavailable("cannot open the database file")),
-    }
+    check_source_file(req.source)?;
+    let mut snap = Snapshot::in_memory(req.max_bytes, req.busy_timeout)?;
+    attach_source(&snap.conn, req)?;
+    let copied = copy_case(&snap.conn, req)?;
+    snap.finish(req, copied)?;
+    Ok(snap)
+}
 
-    // A memdb name without a leading '/' is private to this connection.
-    let conn = Connection::open_with_flags(
-        "file:case-snapshot?vfs=memdb",
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(internal)?;
-    // From here on, any early return drops `snap`, which zeroes whatever
-    // part of the case was already copied.
-    let mut snap = Snapshot {
-        conn,
-        size: 0,
-        row_counts: Vec::new(),
-        source_schema_sha256: String::new(),
-        tenant: None,
-    };
-    snap.conn
-        .execute_batch(
-            "PRAGMA temp_store = MEMORY; PRAGMA main.journal_mode = OFF; \
-         PRAGMA main.synchronous = OFF; PRAGMA foreign_keys = OFF;",
-        )
-        .map_err(internal)?;
-    let mut limit = i64::try_from(req.max_bytes).unwrap_or(i64::MAX);
-    snap.conn
-        .file_control(Some(rusqlite::MAIN_DB), FileControl::SizeLimit(&mut limit))
-        .map_err(internal)?;
-    snap.conn.busy_timeout(busy).map_err(internal)?;
-    snap.conn
-        .execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
-        .map_err(src_err)?;
+fn check_source_file(source: &Path) -> Result<(), SnapshotError> {
+    match std::fs::metadata(source) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(SnapshotError::Unavailable("not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(SnapshotError::Unavailable("database file not found"))
+        }
+        Err(_) => Err(SnapshotError::Unavailable("cannot open the database file")),
+    }
+}
+
+/// An SQLite error while writing the snapshot: a full memdb is the ceiling.
+fn too_large(req: &SnapshotRequest<'_>) -> impl Fn(rusqlite::Error) -> SnapshotError {
+    let (limit, busy) = (req.max_bytes, req.busy_timeout);
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => SnapshotError::TooLarge { limit },
+        _ => SnapshotError::from_source(e, busy),
+    }
+}
+
+/// Attaches the source read-only as `src`, with its page cache.
+fn attach_source(conn: &Connection, req: &SnapshotRequest<'_>) -> Result<(), SnapshotError> {
+    conn.execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
+        .map_err(|e| SnapshotError::from_source(e, req.busy_timeout))?;
     // A larger cache for the source: the copy probes its foreign-key
     // indexes all over the file. (No memory map: an I/O error on a mapped
     // page would kill the whole server instead of failing one export.)
-    snap.conn
-        .execute_batch(&format!(
-            "PRAGMA src.cache_size = -{};",
-            super::source_cache_bytes(req.max_bytes).div_ceil(1024)
-        ))
-        .map_err(internal)?;
+    conn.execute_batch(&format!(
+        "PRAGMA src.cache_size = -{};",
+        super::source_cache_bytes(req.max_bytes).div_ceil(1024)
+    ))
+    .map_err(SnapshotError::Internal)
+}
 
-    let too_large = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => SnapshotError::TooLarge {
-            limit: req.max_bytes,
-        },
-        _ => src_err(e),
-    };
+/// What the read transaction leaves for the rest of the build.
+struct Copied {
+    fingerprint: String,
+    graph: ScopeGraph,
+    index_sql: Vec<String>,
+    tenant: Option<String>,
+}
 
-    // One read transaction: every row comes from the same committed state.
-    snap.conn.execute_batch("BEGIN").map_err(internal)?;
-    let fingerprint = schema_fingerprint(&snap.conn).map_err(src_err)?;
-    let graph = ScopeGraph::discover(&snap.conn, req.scope)?;
-    let mut tables_sql = Vec::new();
-    let mut index_sql = Vec::new();
-    {
-        let mut st = snap
-            .conn
-            .prepare(
-                "SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL",
-            )
-            .map_err(src_err)?;
-        for t in &graph.tables {
-            let rows = st
-                .query_map([&t.name], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(src_err)?;
-            for row in rows {
-                let (ty, sql) = row.map_err(src_err)?;
-                match ty.as_str() {
-                    "table" => tables_sql.push(sql),
-                    "index" => index_sql.push(sql),
-                    // Triggers and views could reach beyond the case.
-                    _ => {}
-                }
-            }
+/// A read transaction on the attached source, rolled back unless committed.
+struct ReadTxn<'c>(&'c Connection, bool);
+
+impl<'c> ReadTxn<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, SnapshotError> {
+        conn.execute_batch("BEGIN")
+            .map_err(SnapshotError::Internal)?;
+        Ok(Self(conn, false))
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.1 = true;
+        self.0.execute_batch("COMMIT")
+    }
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = self.0.execute_batch("ROLLBACK");
         }
     }
-    let tenant = case_tenant(&snap.conn, &graph, req).inspect_err(|_| {
-        let _ = snap.conn.execute_batch("ROLLBACK");
-    })?;
+}
+
+/// In one read transaction, so every row comes from the same committed
+/// state: the scope graph, the tenant check, the tables and their rows.
+fn copy_case(conn: &Connection, req: &SnapshotRequest<'_>) -> Result<Copied, SnapshotError> {
+    let src_err = |e| SnapshotError::from_source(e, req.busy_timeout);
+    let too_large = too_large(req);
+    let txn = ReadTxn::begin(conn)?;
+    let fingerprint = schema_fingerprint(conn).map_err(src_err)?;
+    let graph = ScopeGraph::discover(conn, req.scope)?;
+    let (tables_sql, index_sql) = schema_of(conn, &graph).map_err(src_err)?;
+    let tenant = case_tenant(conn, &graph, req)?;
     if let Some(allowed) = req.allowed_tenants
         && !tenant.as_ref().is_some_and(|t| allowed.contains(t))
     {
         // Same answer as a missing case, so ids cannot be probed.
-        let _ = snap.conn.execute_batch("ROLLBACK");
         return Err(SnapshotError::NotFound);
     }
     for sql in &tables_sql {
-        snap.conn.execute_batch(sql).map_err(too_large)?;
+        conn.execute_batch(sql).map_err(&too_large)?;
     }
     if !graph
-        .copy_root(&snap.conn, &req.scope.root_key, req.case_id)
-        .map_err(too_large)?
+        .copy_root(conn, &req.scope.root_key, req.case_id)
+        .map_err(&too_large)?
     {
-        let _ = snap.conn.execute_batch("ROLLBACK");
         return Err(SnapshotError::NotFound);
     }
-    graph.copy_closure(&snap.conn).map_err(too_large)?;
-    snap.conn.execute_batch("COMMIT").map_err(too_large)?;
-    snap.conn
-        .execute_batch("DETACH DATABASE src")
-        .map_err(internal)?;
+    graph.copy_closure(conn).map_err(&too_large)?;
+    txn.commit().map_err(&too_large)?;
+    conn.execute_batch("DETACH DATABASE src")
+        .map_err(SnapshotError::Internal)?;
+    Ok(Copied {
+        fingerprint,
+        graph,
+        index_sql,
+        tenant,
+    })
+}
 
-    for sql in &index_sql {
-        snap.conn.execute_batch(sql).map_err(too_large)?;
-    }
-    let mut row_counts = Vec::new();
+/// The source's `CREATE TABLE` and `CREATE INDEX` text of the scope's
+/// tables. Triggers and views are left out: they could reach beyond the
+/// case.
+fn schema_of(
+    conn: &Connection,
+    graph: &ScopeGraph,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let mut tables_sql = Vec::new();
+    let mut index_sql = Vec::new();
+    let mut st = conn.prepare(
+        "SELECT type, sql FROM src.sqlite_schema WHERE tbl_name = ?1 AND sql IS NOT NULL",
+    )?;
     for t in &graph.tables {
-        let n: i64 = snap
+        let rows = st.query_map([&t.name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (ty, sql) = row?;
+            match ty.as_str() {
+                "table" => tables_sql.push(sql),
+                "index" => index_sql.push(sql),
+                _ => {}
+            }
+        }
+    }
+    Ok((tables_sql, index_sql))
+}
+
+impl Snapshot {
+    /// A private in-memory (memdb) database capped at `max_bytes`.
+    fn in_memory(max_bytes: u64, busy: Duration) -> Result<Self, SnapshotError> {
+        let internal = SnapshotError::Internal;
+        // A memdb name without a leading '/' is private to this connection.
+        let conn = Connection::open_with_flags(
+            "file:case-snapshot?vfs=memdb",
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(internal)?;
+        // From here on, any early return drops the snapshot, which zeroes
+        // whatever part of the case was already copied.
+        let snap = Snapshot {
+            conn,
+            size: 0,
+            row_counts: Vec::new(),
+            source_schema_sha256: String::new(),
+            tenant: None,
+        };
+        snap.conn
+            .execute_batch(
+                "PRAGMA temp_store = MEMORY; PRAGMA main.journal_mode = OFF; \
+                 PRAGMA main.synchronous = OFF; PRAGMA foreign_keys = OFF;",
+            )
+            .map_err(internal)?;
+        let mut limit = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        snap.conn
+            .file_control(Some(rusqlite::MAIN_DB), FileControl::SizeLimit(&mut limit))
+            .map_err(internal)?;
+        snap.conn.busy_timeout(busy).map_err(internal)?;
+        Ok(snap)
+    }
+
+    /// After the copy: indexes (built once, on the copied rows), row
+    /// counts, the manifest, and the size.
+    fn finish(&mut self, req: &SnapshotRequest<'_>, c: Copied) -> Result<(), SnapshotError> {
+        let too_large = too_large(req);
+        let internal = SnapshotError::Internal;
+        for sql in &c.index_sql {
+            self.conn.execute_batch(sql).map_err(&too_large)?;
+        }
+        let mut row_counts = Vec::new();
+        for t in &c.graph.tables {
+            let n: i64 = self
+                .conn
+                .query_row(
+                    &format!("SELECT count(*) FROM main.{}", ident(&t.name)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(internal)?;
+            row_counts.push((t.name.clone(), n as u64));
+        }
+        row_counts.sort();
+        write_manifest(&self.conn, req, &c.fingerprint, &row_counts).map_err(&too_large)?;
+        let size: i64 = self
             .conn
             .query_row(
-                &format!("SELECT count(*) FROM main.{}", ident(&t.name)),
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
                 [],
                 |r| r.get(0),
             )
             .map_err(internal)?;
-        row_counts.push((t.name.clone(), n as u64));
+        self.size = size as u64;
+        self.row_counts = row_counts;
+        self.source_schema_sha256 = c.fingerprint;
+        self.tenant = c.tenant;
+        Ok(())
     }
-    row_counts.sort();
-    write_manifest(&snap.conn, req, &fingerprint, &row_counts).map_err(too_large)?;
-
-    let size: i64 = snap
-        .conn
-        .query_row(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(internal)?;
-    snap.size = size as u64;
-    snap.row_counts = row_counts;
-    snap.source_schema_sha256 = fingerprint;
-    snap.tenant = tenant;
-    Ok(snap)
 }
 
 /// The case's tenant from its root row. A missing column is no tenant,
