@@ -1,7 +1,7 @@
 //! `export`: streams a case from a server into an `.enc` file with the
 //! internal client, then shows the key once or writes it to `--key-out`.
 
-use super::{CliError, CliResult, runtime};
+use super::{CliError, CliResult, harden_process, runtime};
 use case_export::client::{ClientOptions, ExportClient};
 use case_export::seal::KEY_WARNING;
 use clap::Args;
@@ -90,6 +90,7 @@ fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
 }
 
 pub fn run(a: ExportArgs) -> CliResult {
+    harden_process();
     if let Some(k) = &a.key_out
         && k.exists()
     {
