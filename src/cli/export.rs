@@ -49,6 +49,10 @@ pub struct ExportArgs {
     /// Server name to check the certificate against, if not the URL's host.
     #[arg(long)]
     pub tls_domain: Option<String>,
+    /// Allow an http:// server that is not on loopback: the token and the
+    /// key then cross the network unencrypted (use behind a service mesh).
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 /// Environment variable holding the service token.
@@ -86,6 +90,7 @@ fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
             .transpose()?,
         identity_pem: identity,
         domain: a.tls_domain.clone(),
+        allow_plaintext: a.allow_plaintext,
     })
 }
 
