@@ -611,6 +611,29 @@ fn export_in_plaintext_off_loopback_is_refused_unless_allowed() {
     check_exported_line(&err, &s.case_id, &out_dir);
 }
 
+#[test]
+fn open_with_a_file_that_is_not_a_key_file_says_so() {
+    let f = Fixture::new();
+    let out_dir = f.out_dir();
+    // The .enc itself, a common slip: refused without reading it whole.
+    let o = run(bin()
+        .arg("open")
+        .arg(&f.sealed.enc)
+        .arg("--out")
+        .arg(out_dir.join("case.db"))
+        .arg("--key-file")
+        .arg(&f.sealed.enc));
+    let line = one_error_line(&o);
+    assert_eq!(
+        line,
+        format!(
+            "case-export: {} is not a key file: expected one line of text of at most 4096 bytes",
+            f.sealed.enc.display()
+        )
+    );
+    assert_eq!(listing(&out_dir), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------
 // serve and seed-demo refusals
 
