@@ -4,15 +4,17 @@
 
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::export_service_client::ExportServiceClient;
-use crate::pb::{ExportCaseRequest, ExportHeader};
+use crate::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey};
 use crate::seal::{CHUNK_HEADER_LEN, MAX_CHUNK_SIZE, SecretKey, token_len};
+use crate::server::file_name_for;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Status};
-use zeroize::Zeroizing;
+use tonic::{Code, Request, Status, Streaming};
+use zeroize::{Zeroize, Zeroizing};
 
 /// What a calling service can branch on.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,52 @@ pub enum ClientError {
         code: Code,
         /// The status message from the server.
         message: String,
+    },
+    /// The URL is plaintext (`http://`) and its host is not loopback, and
+    /// [`ClientOptions::allow_plaintext`] is off. Nothing was sent.
+    #[error(
+        "refusing to connect to {endpoint} in plaintext: the bearer token and the export key \
+         would cross the network unencrypted; use an https:// URL with the server's CA \
+         (--ca-cert), or pass --allow-plaintext if the path is encrypted otherwise \
+         (for example by a service mesh)"
+    )]
+    PlaintextRefused {
+        /// The endpoint URL that was refused.
+        endpoint: String,
+    },
+    /// TLS options (a CA or a client certificate) came with an `http://`
+    /// URL, which is never encrypted. Nothing was sent.
+    #[error(
+        "{endpoint} is a plaintext URL, yet TLS options were given (--ca-cert, --client-cert): \
+         use https:// for TLS"
+    )]
+    TlsOnPlaintextUrl {
+        /// The endpoint URL that was refused.
+        endpoint: String,
+    },
+    /// The header names another case than the one asked for. Nothing was
+    /// written and the stream was dropped before its key.
+    #[error(
+        "the server answered for case {received:?} where {asked:?} was asked: nothing was \
+         written; report this to the server's operator"
+    )]
+    WrongCase {
+        /// The case id the client asked for.
+        asked: String,
+        /// The header's case id (at most 80 characters of it).
+        received: String,
+    },
+    /// The header's file name is not the one the client derives from the
+    /// case id ([`file_name_for`]). Nothing was written.
+    #[error(
+        "the server named the file {received:?} where {expected:?} was expected: nothing \
+         was written; report this to the server's operator"
+    )]
+    WrongFileName {
+        /// The name the client derives from the case id.
+        expected: String,
+        /// The header's file name (at most 80 characters of it).
+        received: String,
     },
     /// The stream broke the protocol (order, counts or digest).
     #[error("the server's stream is invalid: {0}")]
@@ -136,6 +184,9 @@ pub struct ClientOptions {
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     /// Name to verify the server certificate against, if not the URL host.
     pub domain: Option<String>,
+    /// Allow an `http://` URL whose host is not loopback. Off by default:
+    /// the token and the key would cross the network unencrypted.
+    pub allow_plaintext: bool,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -145,6 +196,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("on_behalf_of", &self.on_behalf_of)
             .field("tls", &self.ca_pem.is_some())
             .field("client_cert", &self.identity_pem.is_some())
+            .field("allow_plaintext", &self.allow_plaintext)
             .finish()
     }
 }
@@ -171,8 +223,20 @@ impl ExportClient {
         };
         let mut ep =
             Endpoint::from_shared(endpoint.to_string()).map_err(|e| conn_err(error_chain(&e)))?;
-        if endpoint.starts_with("https://") || opts.ca_pem.is_some() || opts.identity_pem.is_some()
-        {
+        // Decided before dialling: a refused endpoint sees no byte at all.
+        let https = ep.uri().scheme_str() == Some("https");
+        if !https && (opts.ca_pem.is_some() || opts.identity_pem.is_some()) {
+            // tonic would ignore them and speak plaintext.
+            return Err(ClientError::TlsOnPlaintextUrl {
+                endpoint: endpoint.to_string(),
+            });
+        }
+        if !opts.allow_plaintext && !stays_private(ep.uri()) {
+            return Err(ClientError::PlaintextRefused {
+                endpoint: endpoint.to_string(),
+            });
+        }
+        if https {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &opts.ca_pem {
                 tls = tls.ca_certificate(Certificate::from_pem(ca));
@@ -206,7 +270,10 @@ impl ExportClient {
     fn request(&self, req: ExportCaseRequest) -> Result<Request<ExportCaseRequest>, ClientError> {
         let mut r = Request::new(req);
         if let Some(t) = &self.token {
-            let header = Zeroizing::new(format!("Bearer {}", t.as_str()));
+            // Sized once, so no reallocation leaves a copy of the token behind.
+            let mut header = Zeroizing::new(String::with_capacity(7 + t.len()));
+            header.push_str("Bearer ");
+            header.push_str(t);
             let mut v: MetadataValue<_> = header.parse().map_err(|_| {
                 ClientError::InvalidArgument("the token has invalid characters".into())
             })?;
@@ -231,14 +298,13 @@ impl ExportClient {
         Ok(r)
     }
 
-    /// Streams one export into `out`, checking the stream as it arrives.
-    pub async fn export_case<W: AsyncWrite + Unpin>(
+    /// Sends the request and reads the header, which must name the case
+    /// asked for and the file name derived from it.
+    async fn start(
         &mut self,
         case_id: &str,
         purpose: &str,
-        out: &mut W,
-        mut progress: impl FnMut(&ExportHeader, Progress),
-    ) -> Result<Receipt, ClientError> {
+    ) -> Result<(ExportHeader, Streaming<ExportCaseResponse>), ClientError> {
         let req = ExportCaseRequest {
             case_id: case_id.to_string(),
             purpose: purpose.to_string(),
@@ -253,77 +319,28 @@ impl ExportClient {
             },
             None => return Err(proto("the stream ended before the header")),
         };
-        let mut hasher = Sha256::new();
-        let mut chunks = 0u64;
-        let mut bytes = 0u64;
-        let key = loop {
-            let Some(resp) = stream.message().await? else {
-                return Err(proto("the stream ended before the key: export incomplete"));
-            };
-            match resp.message {
-                Some(Msg::Chunk(c)) => {
-                    if c.index != chunks {
-                        return Err(ClientError::Protocol(format!(
-                            "chunk {} arrived where chunk {chunks} was expected",
-                            c.index
-                        )));
-                    }
-                    if chunks >= header.chunk_count {
-                        return Err(proto("more chunks than the header announced"));
-                    }
-                    hasher.update(c.token.as_bytes());
-                    hasher.update(b"\n");
-                    out.write_all(c.token.as_bytes()).await?;
-                    out.write_all(b"\n").await?;
-                    chunks += 1;
-                    bytes += c.token.len() as u64 + 1;
-                    progress(
-                        &header,
-                        Progress {
-                            chunks,
-                            total_chunks: header.chunk_count,
-                        },
-                    );
-                }
-                Some(Msg::Key(k)) => break k,
-                Some(Msg::Header(_)) => return Err(proto("a second header arrived")),
-                None => return Err(proto("an empty message arrived")),
-            }
-        };
-        if stream.message().await?.is_some() {
-            return Err(proto("messages followed the key"));
-        }
-        out.flush().await?;
-        let digest = hex::encode(hasher.finalize());
-        if chunks != header.chunk_count || key.chunk_count != chunks {
-            return Err(proto("chunk count differs from what the server announced"));
-        }
-        if digest != key.ciphertext_sha256 || bytes != key.ciphertext_size {
-            return Err(proto("the received bytes do not match the server's digest"));
-        }
-        let secret = SecretKey::from_fernet_key(&key.fernet_key)
-            .map_err(|_| proto("the key message does not hold a Fernet key"))?;
-        Ok(Receipt {
-            export_id: header.export_id.clone(),
-            case_id: header.case_id.clone(),
-            file_name: header.file_name.clone(),
-            path: None,
-            ciphertext_sha256: digest,
-            chunks,
-            bytes,
-            plaintext_size: header.plaintext_size,
-            row_counts: header
-                .row_counts
-                .iter()
-                .map(|r| (r.table.clone(), r.rows))
-                .collect(),
-            key: secret,
-        })
+        check_header(case_id, &header)?;
+        Ok((header, stream))
     }
 
-    /// Streams one export into `dir` under the server's file name, through a
-    /// temporary file that is fsynced and renamed (mode 0600) only once the
-    /// stream verified; a broken stream leaves no file behind.
+    /// Streams one export into `out`, checking the stream as it arrives.
+    /// Nothing is written unless the header names the case asked for.
+    pub async fn export_case<W: AsyncWrite + Unpin>(
+        &mut self,
+        case_id: &str,
+        purpose: &str,
+        out: &mut W,
+        progress: impl FnMut(&ExportHeader, Progress),
+    ) -> Result<Receipt, ClientError> {
+        let (header, stream) = self.start(case_id, purpose).await?;
+        receive(header, stream, out, progress).await
+    }
+
+    /// Streams one export into `dir` under the file name derived from the
+    /// case id (which the header must repeat), through a temporary file that
+    /// is created only after the header checked out, and fsynced and renamed
+    /// (mode 0600) only once the stream verified; a broken stream leaves no
+    /// file behind.
     pub async fn export_to_dir(
         &mut self,
         case_id: &str,
@@ -332,8 +349,8 @@ impl ExportClient {
         progress: impl FnMut(&ExportHeader, Progress),
     ) -> Result<Receipt, ClientError> {
         // Refuse before the server does the work and releases a key.
-        let expected = dir.join(crate::server::file_name_for(case_id));
-        if safe_file_name(&crate::server::file_name_for(case_id)).is_some() && expected.exists() {
+        let expected = dir.join(file_name_for(case_id));
+        if safe_file_name(&file_name_for(case_id)).is_some() && expected.exists() {
             return Err(ClientError::Io(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!(
@@ -342,6 +359,8 @@ impl ExportClient {
                 ),
             )));
         }
+        // No file is created before the header has been checked.
+        let (header, stream) = self.start(case_id, purpose).await?;
         let tmp = tempfile::Builder::new()
             .prefix(".case-export-")
             .suffix(".partial")
@@ -350,10 +369,7 @@ impl ExportClient {
         let (std_file, tmp_path) = tmp.into_parts();
         let mut file =
             tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
-        let result = self
-            .export_case(case_id, purpose, &mut file, progress)
-            .await;
-        let mut receipt = result?;
+        let mut receipt = receive(header, stream, &mut file, progress).await?;
         file.flush().await?;
         let file = file.into_inner();
         file.sync_all().await?;
@@ -373,6 +389,141 @@ impl ExportClient {
         receipt.path = Some(dest);
         Ok(receipt)
     }
+}
+
+/// Reads chunks into `out` and the key after them, checking order, counts
+/// and digest against what the header and the key message announce.
+async fn receive<W: AsyncWrite + Unpin>(
+    header: ExportHeader,
+    mut stream: Streaming<ExportCaseResponse>,
+    out: &mut W,
+    mut progress: impl FnMut(&ExportHeader, Progress),
+) -> Result<Receipt, ClientError> {
+    let proto = |m: &str| ClientError::Protocol(m.to_string());
+    let mut hasher = Sha256::new();
+    let mut chunks = 0u64;
+    let mut bytes = 0u64;
+    let (key, secret) = loop {
+        let Some(resp) = stream.message().await? else {
+            return Err(proto("the stream ended before the key: export incomplete"));
+        };
+        match resp.message {
+            Some(Msg::Chunk(c)) => {
+                if c.index != chunks {
+                    return Err(ClientError::Protocol(format!(
+                        "chunk {} arrived where chunk {chunks} was expected",
+                        c.index
+                    )));
+                }
+                if chunks >= header.chunk_count {
+                    return Err(proto("more chunks than the header announced"));
+                }
+                hasher.update(c.token.as_bytes());
+                hasher.update(b"\n");
+                out.write_all(c.token.as_bytes()).await?;
+                out.write_all(b"\n").await?;
+                chunks += 1;
+                bytes += c.token.len() as u64 + 1;
+                progress(
+                    &header,
+                    Progress {
+                        chunks,
+                        total_chunks: header.chunk_count,
+                    },
+                );
+            }
+            Some(Msg::Key(mut k)) => {
+                let secret = take_key(&mut k);
+                break (k, secret);
+            }
+            Some(Msg::Header(_)) => return Err(proto("a second header arrived")),
+            None => return Err(proto("an empty message arrived")),
+        }
+    };
+    if stream.message().await?.is_some() {
+        return Err(proto("messages followed the key"));
+    }
+    out.flush().await?;
+    let digest = hex::encode(hasher.finalize());
+    if chunks != header.chunk_count || key.chunk_count != chunks {
+        return Err(proto("chunk count differs from what the server announced"));
+    }
+    if digest != key.ciphertext_sha256 || bytes != key.ciphertext_size {
+        return Err(proto("the received bytes do not match the server's digest"));
+    }
+    let secret = secret.ok_or_else(|| proto("the key message does not hold a Fernet key"))?;
+    Ok(Receipt {
+        export_id: header.export_id.clone(),
+        case_id: header.case_id.clone(),
+        file_name: header.file_name.clone(),
+        path: None,
+        ciphertext_sha256: digest,
+        chunks,
+        bytes,
+        plaintext_size: header.plaintext_size,
+        row_counts: header
+            .row_counts
+            .iter()
+            .map(|r| (r.table.clone(), r.rows))
+            .collect(),
+        key: secret,
+    })
+}
+
+/// Parses the key message's text and wipes it whatever the outcome, so the
+/// zeroizing [`SecretKey`] is the only copy the client keeps.
+fn take_key(k: &mut ExportKey) -> Option<SecretKey> {
+    let parsed = SecretKey::from_fernet_key(&k.fernet_key).ok();
+    k.fernet_key.zeroize();
+    parsed
+}
+
+/// The header must be about the case asked for. The comparison is exact:
+/// the server refuses spellings other than the stored key, so a difference
+/// means an answer for another case, and its file would be misfiled.
+fn check_header(case_id: &str, h: &ExportHeader) -> Result<(), ClientError> {
+    if h.case_id != case_id {
+        return Err(ClientError::WrongCase {
+            asked: case_id.to_string(),
+            received: shown(&h.case_id),
+        });
+    }
+    let expected = file_name_for(case_id);
+    if h.file_name != expected {
+        return Err(ClientError::WrongFileName {
+            expected,
+            received: shown(&h.file_name),
+        });
+    }
+    Ok(())
+}
+
+/// At most 80 characters of a server-sent value, for an error message.
+fn shown(s: &str) -> String {
+    const MAX: usize = 80;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// True when traffic to `uri` is private without the client's help: TLS
+/// (`https://`), or a loopback host, which never leaves the machine.
+fn stays_private(uri: &http::Uri) -> bool {
+    uri.scheme_str() == Some("https") || uri.host().is_some_and(is_loopback_host)
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1 (also as an IPv4-mapped address). Other
+/// names are not resolved: what a name resolves to can change.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn private_mode() -> std::fs::Permissions {
@@ -408,6 +559,78 @@ fn safe_file_name(name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_or_loopback_counts_as_private() {
+        let private = |u: &str| stays_private(&u.parse().expect("uri"));
+        for ok in [
+            "http://127.0.0.1:50051",
+            "http://127.8.9.10:1",
+            "http://localhost:50051",
+            "http://LocalHost:50051",
+            "http://[::1]:50051",
+            "http://[::ffff:127.0.0.1]:50051",
+            "https://case-export.internal:50051",
+            "https://10.0.0.5:50051",
+        ] {
+            assert!(private(ok), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:50051",
+            "http://0.0.0.0:50051",
+            "http://[::]:50051",
+            "http://case-export.internal:50051",
+            "http://localhost.evil.example:50051",
+            "http://127.0.0.1.nip.io:50051",
+            "http://[fe80::1]:50051",
+            "http://128.0.0.1:50051",
+        ] {
+            assert!(!private(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_key_message_is_wiped_once_parsed() {
+        let key = SecretKey::generate().expect("key");
+        let mut msg = ExportKey::default();
+        msg.fernet_key = key.expose_fernet_key().to_string();
+        let parsed = take_key(&mut msg).expect("a Fernet key");
+        assert!(parsed.ct_eq(&key));
+        assert!(msg.fernet_key.is_empty(), "the message still holds the key");
+
+        let mut bad = ExportKey::default();
+        bad.fernet_key = "not a key".into();
+        assert!(take_key(&mut bad).is_none());
+        assert!(bad.fernet_key.is_empty());
+    }
+
+    #[test]
+    fn the_header_must_name_the_case_and_its_file() {
+        let good = ExportHeader {
+            case_id: "case-abc".into(),
+            file_name: "case_offline_case-abc.enc".into(),
+            ..ExportHeader::default()
+        };
+        assert!(check_header("case-abc", &good).is_ok());
+        let other_case = ExportHeader {
+            case_id: "CASE-ABC".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            check_header("case-abc", &other_case),
+            Err(ClientError::WrongCase { .. })
+        ));
+        let other_file = ExportHeader {
+            file_name: "case_offline_case-xyz.enc".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            check_header("case-abc", &other_file),
+            Err(ClientError::WrongFileName { .. })
+        ));
+        assert_eq!(shown(&"é".repeat(500)).chars().count(), 83);
+        assert_eq!(shown("short"), "short");
+    }
 
     #[test]
     fn unsafe_names_are_refused() {

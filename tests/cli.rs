@@ -568,6 +568,72 @@ fn export_to_a_closed_port_says_cannot_connect() {
     assert_eq!(listing(dir.path()), Vec::<String>::new());
 }
 
+#[test]
+fn export_in_plaintext_off_loopback_is_refused_unless_allowed() {
+    let s = server_fixture();
+    let out_dir = s.dir.path().join("exports");
+    std::fs::create_dir(&out_dir).unwrap();
+    // Linux delivers 0.0.0.0 to this machine: the test server answers, yet
+    // the host named is not loopback.
+    let url = format!("http://0.0.0.0:{}", s.server.addr.port());
+    let export = |allow: bool| {
+        let mut c = bin();
+        c.arg("export")
+            .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
+            .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+            .args(["--server", &url])
+            .args(["--case", &s.case_id])
+            .args(["--purpose", "T-CLI plaintext"])
+            .arg("--out")
+            .arg(&out_dir);
+        if allow {
+            c.arg("--allow-plaintext");
+        }
+        run(&mut c)
+    };
+    let o = export(false);
+    let line = one_error_line(&o);
+    assert_eq!(
+        line,
+        format!(
+            "case-export: refusing to connect to {url} in plaintext: the bearer token and the \
+             export key would cross the network unencrypted; use an https:// URL with the \
+             server's CA (--ca-cert), or pass --allow-plaintext if the path is encrypted \
+             otherwise (for example by a service mesh)"
+        )
+    );
+    assert_eq!(stdout_of(&o), "");
+    assert_eq!(listing(&out_dir), Vec::<String>::new());
+
+    let o = export(true);
+    let err = stderr_of(&o);
+    assert!(o.status.success(), "{err}");
+    check_exported_line(&err, &s.case_id, &out_dir);
+}
+
+#[test]
+fn open_with_a_file_that_is_not_a_key_file_says_so() {
+    let f = Fixture::new();
+    let out_dir = f.out_dir();
+    // The .enc itself, a common slip: refused without reading it whole.
+    let o = run(bin()
+        .arg("open")
+        .arg(&f.sealed.enc)
+        .arg("--out")
+        .arg(out_dir.join("case.db"))
+        .arg("--key-file")
+        .arg(&f.sealed.enc));
+    let line = one_error_line(&o);
+    assert_eq!(
+        line,
+        format!(
+            "case-export: {} is not a key file: expected one line of text of at most 4096 bytes",
+            f.sealed.enc.display()
+        )
+    );
+    assert_eq!(listing(&out_dir), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------
 // serve and seed-demo refusals
 

@@ -10,7 +10,10 @@ use base64::engine::general_purpose::URL_SAFE;
 use case_export::client::{ClientError, Receipt};
 use case_export::pb::export_case_response::Message as Msg;
 use case_export::pb::export_service_client::ExportServiceClient;
-use case_export::pb::{ExportCaseRequest, ExportHeader, ExportKey};
+use case_export::pb::export_service_server::{ExportService, ExportServiceServer};
+use case_export::pb::{
+    EncryptedChunk, ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey,
+};
 use case_export::seal::{FORMAT_VERSION, KEY_WARNING, Opener, SecretKey, open_reader};
 use case_export::seed::{SeedOptions, seed_demo};
 use case_export::snapshot::{MANIFEST_TABLE, SnapshotView};
@@ -834,4 +837,224 @@ async fn binary_serve_writes_no_plaintext_to_disk() {
         Vec::<String>::new(),
         "files in the working directory"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The client's own checks: no plaintext off the machine, no answer taken
+// for another case.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_off_loopback_is_refused_before_anything_is_sent() {
+    use case_export::audit::Kind;
+    use case_export::client::{ClientOptions, ExportClient};
+    let server = start_server(|_| {}).await;
+    // Linux delivers a connection to 0.0.0.0 to this machine, so the URL
+    // reaches the test server while naming a host that is not loopback.
+    let url = format!("http://0.0.0.0:{}", server.addr.port());
+    let opts = |allow_plaintext: bool| ClientOptions {
+        token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
+        on_behalf_of: Some(ANALYST.to_string()),
+        allow_plaintext,
+        ..ClientOptions::default()
+    };
+    let Err(e) = ExportClient::connect_with(&url, opts(false)).await else {
+        panic!("connected to {url} in plaintext without being told to");
+    };
+    assert!(
+        matches!(&e, ClientError::PlaintextRefused { endpoint } if *endpoint == url),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    let m = e.to_string();
+    for what in [url.as_str(), "https://", "--ca-cert", "--allow-plaintext"] {
+        assert!(m.contains(what), "{what:?} not in {m:?}");
+    }
+
+    // Told to, the same URL works: the refusal was the client's own.
+    let out = tempfile::tempdir().expect("out");
+    let receipt = ExportClient::connect_with(&url, opts(true))
+        .await
+        .expect("connect with allow_plaintext")
+        .export_to_dir(&server.case_ids[0], PURPOSE, out.path(), |_, _| {})
+        .await
+        .expect("export with allow_plaintext");
+    // Loopback needs no permission.
+    ExportClient::connect_with(&server.url, opts(false))
+        .await
+        .expect("loopback is allowed");
+    // A CA with an http:// URL would be ignored, the call sent in clear.
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let with_ca = ClientOptions {
+        ca_pem: Some(ca.cert.pem().into_bytes()),
+        ..opts(true)
+    };
+    let Err(e) = ExportClient::connect_with(&server.url, with_ca).await else {
+        panic!("connected in plaintext with a CA given");
+    };
+    assert!(matches!(e, ClientError::TlsOnPlaintextUrl { .. }), "{e:?}");
+    assert!(e.to_string().contains("use https://"), "{e}");
+
+    // The refused client never reached the server: the trail holds the
+    // attempt of the allowed export only.
+    let events = eventually("the allowed export's end", BOUND, || async {
+        let ev = audit_events(&server.config.audit_db);
+        if ev.iter().any(|e| e.kind == Kind::Completed) {
+            Ok(ev)
+        } else {
+            Err(format!("{} events", ev.len()))
+        }
+    })
+    .await;
+    let attempts: Vec<_> = events.iter().filter(|e| e.kind == Kind::Attempt).collect();
+    assert_eq!(attempts.len(), 1, "{events:#?}");
+    assert_eq!(
+        events_of_export(&events, &receipt.export_id)[0].kind,
+        Kind::Attempt
+    );
+}
+
+/// A stand-in server that answers every export with a complete stream,
+/// well formed for the client, about `case_id` (else the case asked for)
+/// under `file_name` (else the one that case gets).
+#[derive(Clone, Default)]
+struct Misfiler {
+    case_id: Option<String>,
+    file_name: Option<String>,
+}
+
+type Replies = tokio_stream::Iter<std::vec::IntoIter<Result<ExportCaseResponse, Status>>>;
+
+#[tonic::async_trait]
+impl ExportService for Misfiler {
+    type ExportCaseStream = Replies;
+
+    async fn export_case(
+        &self,
+        request: tonic::Request<ExportCaseRequest>,
+    ) -> Result<tonic::Response<Replies>, Status> {
+        let asked = request.into_inner().case_id;
+        let case_id = self.case_id.clone().unwrap_or(asked);
+        let file_name = self
+            .file_name
+            .clone()
+            .unwrap_or_else(|| case_export::server::file_name_for(&case_id));
+        let token = "gAAAAABstand-in-token";
+        let line = format!("{token}\n");
+        let header = ExportHeader {
+            export_id: "ab".repeat(16),
+            case_id,
+            file_name,
+            format_version: FORMAT_VERSION,
+            chunk_size: 4096,
+            plaintext_size: 1,
+            chunk_count: 1,
+            ..ExportHeader::default()
+        };
+        let mut key = ExportKey::default();
+        key.fernet_key = SecretKey::generate()
+            .expect("key")
+            .expose_fernet_key()
+            .to_string();
+        key.ciphertext_sha256 = hex::encode(Sha256::digest(line.as_bytes()));
+        key.ciphertext_size = line.len() as u64;
+        key.chunk_count = 1;
+        key.warning = KEY_WARNING.to_string();
+        let reply = |m: Msg| Ok(ExportCaseResponse { message: Some(m) });
+        let replies = vec![
+            reply(Msg::Header(header)),
+            reply(Msg::Chunk(EncryptedChunk {
+                index: 0,
+                token: token.to_string(),
+            })),
+            reply(Msg::Key(key)),
+        ];
+        Ok(tonic::Response::new(tokio_stream::iter(replies)))
+    }
+}
+
+/// Serves `m` on 127.0.0.1:0 until the returned sender is dropped.
+async fn serve_misfiler(m: Misfiler) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExportServiceServer::new(m))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = rx.await;
+                },
+            ),
+    );
+    (url, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_about_another_case_or_file_is_refused_and_writes_nothing() {
+    const ASKED: &str = "case-abc";
+    // The honest stand-in's stream is taken: the refusals below are about
+    // the header alone.
+    let (url, _stop) = serve_misfiler(Misfiler::default()).await;
+    let out = tempfile::tempdir().expect("out");
+    client(&url)
+        .await
+        .export_to_dir(ASKED, PURPOSE, out.path(), |_, _| {})
+        .await
+        .expect("an answer about the case asked for");
+    assert_eq!(dir_entries(out.path()), ["case_offline_case-abc.enc"]);
+
+    let other = |case: &str| Misfiler {
+        case_id: Some(case.to_string()),
+        file_name: None,
+    };
+    let renamed = |name: &str| Misfiler {
+        case_id: None,
+        file_name: Some(name.to_string()),
+    };
+    let cases = [
+        (other("case-xyz"), "case"),
+        (other("CASE-ABC"), "case"),
+        (other(&"x".repeat(10_000)), "case"),
+        (renamed("case_offline_case-xyz.enc"), "file"),
+        (renamed("evidence.db"), "file"),
+    ];
+    for (liar, field) in cases {
+        let seen = format!(
+            "{:?}/{:?}",
+            liar.case_id.as_deref().map(str::len),
+            liar.file_name
+        );
+        let (url, _stop) = serve_misfiler(liar).await;
+        let out = tempfile::tempdir().expect("out");
+        let e = client(&url)
+            .await
+            .export_to_dir(ASKED, PURPOSE, out.path(), |_, _| {})
+            .await
+            .expect_err(&seen);
+        match (&e, field) {
+            (ClientError::WrongCase { asked, received }, "case") => {
+                assert_eq!(asked, ASKED);
+                assert!(received.chars().count() <= 83, "{seen}: unbounded {e}");
+            }
+            (ClientError::WrongFileName { expected, .. }, "file") => {
+                assert_eq!(expected, "case_offline_case-abc.enc");
+            }
+            _ => panic!("{seen}: expected a {field} mismatch, got {e:?}"),
+        }
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+        assert_eq!(dir_entries(out.path()), Vec::<String>::new(), "{seen}");
+
+        // Into a writer: not a byte.
+        let mut buf = Vec::new();
+        client(&url)
+            .await
+            .export_case(ASKED, PURPOSE, &mut buf, |_, _| {})
+            .await
+            .expect_err(&seen);
+        assert!(buf.is_empty(), "{seen}: {} bytes written", buf.len());
+    }
 }

@@ -996,3 +996,151 @@ async fn binary_serve_disables_core_dumps() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// Asserts that process `pid` can write no core dump (soft and hard limit
+/// 0) and, where the test can tell, that it is not dumpable: /proc/PID of a
+/// non-dumpable process belongs to root, which shows only to a test that is
+/// not root itself.
+#[track_caller]
+fn assert_hardened(pid: u32, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("no core limit in {limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        ["0", "0"],
+        "{what}: soft and hard core limits: {core:?}"
+    );
+    let me = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    if me != 0 {
+        let owner = std::fs::metadata(format!("/proc/{pid}"))
+            .expect("/proc/PID")
+            .uid();
+        assert_eq!(
+            owner, 0,
+            "{what}: /proc/{pid} is not root's: still dumpable"
+        );
+    }
+}
+
+/// The binary with every `CASE_EXPORT_*` variable of the outer environment
+/// removed; killed if the test fails first.
+fn binary() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_case-export"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_export_disables_core_dumps() {
+    use tokio::io::AsyncReadExt;
+    // A listener that accepts and never answers holds the export after it
+    // connected, which it does only once hardened.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let out = tempfile::tempdir().expect("out dir");
+    let mut child = binary()
+        .arg("export")
+        .args([
+            "--server",
+            &url,
+            "--case",
+            "case-held",
+            "--purpose",
+            PURPOSE,
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .env("CASE_EXPORT_TOKEN", TOKEN)
+        .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
+        .spawn()
+        .expect("spawn case-export export");
+    let (mut sock, _) = within("the export connects", BOUND, listener.accept())
+        .await
+        .expect("accept");
+    let mut preface = [0u8; 24];
+    within("the HTTP/2 preface", BOUND, sock.read_exact(&mut preface))
+        .await
+        .expect("read preface");
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_hardened(child.id().expect("running"), "export");
+    child.start_kill().expect("kill export");
+    within("export exits", BOUND, child.wait())
+        .await
+        .expect("wait");
+    assert_eq!(dir_entries(out.path()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_view_and_open_disable_core_dumps() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::io::AsyncReadExt;
+    let server = start_server(|_| {}).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let receipt = client(&server.url)
+        .await
+        .export_to_dir(&server.case_ids[0], PURPOSE, dir.path(), |_, _| {})
+        .await
+        .expect("export");
+    let enc = receipt.path.clone().expect("enc path");
+    let key = receipt.key.expose_fernet_key();
+
+    for cmd in ["view", "open"] {
+        // The key comes through a FIFO: the command blocks opening it, after
+        // hardening, until the test opens the other end.
+        let fifo = dir.path().join(format!("{cmd}.key"));
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) with a NUL-terminated path and a plain mode.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let db = dir.path().join("case.db");
+        let mut c = binary();
+        c.arg(cmd).arg(&enc).arg("--key-file").arg(&fifo);
+        if cmd == "open" {
+            c.arg("--out").arg(&db);
+        }
+        let mut child = c.spawn().expect("spawn");
+        // Opening the write end without blocking succeeds only once the
+        // command waits at the read end.
+        let mut writer = eventually(&format!("{cmd} opens its key file"), DEADLINE, || {
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .map_err(|e| e.to_string());
+            async move { r }
+        })
+        .await;
+        assert_hardened(child.id().expect("running"), cmd);
+        std::io::Write::write_all(&mut writer, format!("{}\n", key.as_str()).as_bytes())
+            .expect("write the key");
+        drop(writer);
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut stdout)
+            .await
+            .expect("read stdout");
+        let status = within(&format!("{cmd} exits"), BOUND, child.wait())
+            .await
+            .expect("wait");
+        assert!(status.success(), "{cmd}: {status:?}, stdout {stdout:?}");
+        assert!(stdout.contains(&receipt.export_id), "{cmd}: {stdout}");
+    }
+    assert!(dir.path().join("case.db").exists(), "open wrote its file");
+}

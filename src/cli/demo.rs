@@ -61,7 +61,7 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
     let token = super::token::new_token()?;
     let token_file = a.dir.join("demo.token");
     let _ = std::fs::remove_file(&token_file);
-    super::write_private(&token_file, format!("{}\n", token.as_str()).as_bytes())
+    super::write_private(&token_file, &super::secret_line(&token))
         .map_err(|e| CliError::new(format!("cannot write {}: {e}", token_file.display())))?;
     let addr = a.listen;
     let audit_db = a.dir.join("audit.db");

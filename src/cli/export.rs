@@ -1,12 +1,12 @@
 //! `export`: streams a case from a server into an `.enc` file with the
 //! internal client, then shows the key once or writes it to `--key-out`.
 
-use super::{CliError, CliResult, runtime};
+use super::{CliError, CliResult, harden_process, read_secret_file, runtime};
 use case_export::client::{ClientOptions, ExportClient};
 use case_export::seal::KEY_WARNING;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use zeroize::Zeroizing;
 
@@ -49,6 +49,10 @@ pub struct ExportArgs {
     /// Server name to check the certificate against, if not the URL's host.
     #[arg(long)]
     pub tls_domain: Option<String>,
+    /// Allow an http:// server that is not on loopback: the token and the
+    /// key then cross the network unencrypted (use behind a service mesh).
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 /// Environment variable holding the service token.
@@ -61,12 +65,7 @@ fn read_file(p: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
 /// Client options from the flags; the token never comes from an argument.
 fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
     let token = match &a.token_file {
-        Some(p) => Some(Zeroizing::new(
-            String::from_utf8(read_file(p, "token file")?)
-                .map_err(|_| CliError::new(format!("{} is not a token file", p.display())))?
-                .trim()
-                .to_string(),
-        )),
+        Some(p) => Some(read_secret_file(p, "token file")?),
         None => std::env::var(TOKEN_ENV).ok().map(Zeroizing::new),
     };
     let identity = match (&a.client_cert, &a.client_key) {
@@ -86,10 +85,12 @@ fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
             .transpose()?,
         identity_pem: identity,
         domain: a.tls_domain.clone(),
+        allow_plaintext: a.allow_plaintext,
     })
 }
 
 pub fn run(a: ExportArgs) -> CliResult {
+    harden_process();
     if let Some(k) = &a.key_out
         && k.exists()
     {
@@ -142,13 +143,12 @@ pub fn run(a: ExportArgs) -> CliResult {
     );
     match &a.key_out {
         Some(kp) => {
-            super::write_private(kp, format!("{}\n", &*key).as_bytes())
+            super::write_private(kp, &super::secret_line(&key))
                 .map_err(|e| CliError::new(format!("cannot write key to {}: {e}", kp.display())))?;
             eprintln!("key written to {} (mode 0600). {KEY_WARNING}", kp.display());
         }
         None => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", &*key)?;
+            super::print_secret_line(&key)?;
             eprintln!("{KEY_WARNING}");
         }
     }

@@ -1,7 +1,7 @@
 //! Reads an export key from a file, the environment or a no-echo prompt;
 //! never from a positional argument, so it stays out of shell history.
 
-use super::CliError;
+use super::{CliError, read_secret_file};
 use case_export::seal::SecretKey;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -12,10 +12,7 @@ pub const KEY_ENV: &str = "CASE_EXPORT_KEY";
 
 pub fn read_key(key_file: Option<&Path>) -> Result<SecretKey, CliError> {
     let text: Zeroizing<String> = if let Some(p) = key_file {
-        Zeroizing::new(
-            std::fs::read_to_string(p)
-                .map_err(|e| CliError::new(format!("cannot read key file {}: {e}", p.display())))?,
-        )
+        read_secret_file(p, "key file")?
     } else if let Ok(v) = std::env::var(KEY_ENV) {
         Zeroizing::new(v)
     } else if std::io::stdin().is_terminal() {

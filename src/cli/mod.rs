@@ -11,6 +11,9 @@ mod token;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Sealed offline copies of investigation cases.
 #[derive(Debug, Parser)]
@@ -105,8 +108,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// Creates `path` with mode 0600 (never replacing a file) and writes `bytes`.
-pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -115,6 +117,100 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// Largest key or token file read: either is one short line.
+pub const SECRET_FILE_MAX: usize = 4096;
+
+/// `secret` and a newline in a zeroizing buffer sized once, for writing a
+/// key or token without leaving a formatted copy behind.
+pub fn secret_line(secret: &str) -> Zeroizing<Vec<u8>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(secret.len() + 1));
+    line.extend_from_slice(secret.as_bytes());
+    line.push(b'\n');
+    line
+}
+
+/// Prints a key or token and a newline on stdout, straight to the file
+/// descriptor: stdout's own buffer lives as long as the process and is
+/// never wiped.
+pub fn print_secret_line(secret: &str) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let line = secret_line(secret);
+    let mut stdout = std::io::stdout().lock();
+    // Whatever was printed before comes first.
+    stdout.flush()?;
+    let mut raw = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
+    raw.write_all(&line)
+}
+
+/// Reads a key or token of at most [`SECRET_FILE_MAX`] bytes into one
+/// zeroizing buffer allocated up front, so no reallocation or reader buffer
+/// keeps a copy, and returns it trimmed. `one_line` stops at the first
+/// newline (for a terminal, where end of file needs a Ctrl-D). `None` when
+/// the input is longer, or not text.
+pub fn read_secret(mut r: impl Read, one_line: bool) -> std::io::Result<Option<Zeroizing<String>>> {
+    let mut buf = Zeroizing::new(vec![0u8; SECRET_FILE_MAX + 1]);
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if one_line && buf[filled - n..filled].contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut end = filled;
+    if one_line && let Some(i) = buf[..filled].iter().position(|&b| b == b'\n') {
+        end = i;
+    }
+    if end > SECRET_FILE_MAX {
+        return Ok(None);
+    }
+    let Ok(text) = std::str::from_utf8(&buf[..end]) else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    let mut out = Zeroizing::new(String::with_capacity(text.len()));
+    out.push_str(text);
+    Ok(Some(out))
+}
+
+/// [`read_secret`] on a file; `what` names it in errors ("key file").
+pub fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, CliError> {
+    let cannot =
+        |e: std::io::Error| CliError::new(format!("cannot read {what} {}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    read_secret(f, false).map_err(cannot)?.ok_or_else(|| {
+        CliError::new(format!(
+            "{} is not a {what}: expected one line of text of at most {SECRET_FILE_MAX} bytes",
+            path.display()
+        ))
+    })
+}
+
+/// Keeps keys out of core dumps and away from ptrace on Linux. Every
+/// command that holds a key or a token calls it first.
+pub fn harden_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on this process with valid arguments.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+            tracing::warn!("could not disable core dumps");
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            tracing::warn!("could not mark the process non-dumpable");
+        }
+    }
 }
 
 /// Sets up `tracing` on stderr; `RUST_LOG` overrides the default level.

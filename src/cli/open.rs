@@ -2,7 +2,7 @@
 //! using a byte; `view` never writes plaintext to disk.
 
 use super::keyinput::read_key;
-use super::{CliError, CliResult};
+use super::{CliError, CliResult, harden_process};
 use case_export::seal::{OpenError, open_reader};
 use case_export::snapshot::SnapshotView;
 use clap::Args;
@@ -61,6 +61,7 @@ fn load_view(bytes: &[u8]) -> Result<SnapshotView, CliError> {
 }
 
 pub fn run_open(a: OpenArgs) -> CliResult {
+    harden_process();
     if a.out.exists() && !a.force {
         return Err(CliError::new(format!(
             "{} already exists: choose another --out or pass --force",
@@ -107,6 +108,7 @@ pub fn run_open(a: OpenArgs) -> CliResult {
 }
 
 pub fn run_view(a: ViewArgs) -> CliResult {
+    harden_process();
     let opened = decrypt(&a.file, a.key_file.as_deref())?;
     let view = load_view(&opened.plaintext)?;
     let err = |e: case_export::snapshot::ViewError| CliError::new(e.to_string());

@@ -1,6 +1,6 @@
 //! `serve`: the config file, then `CASE_EXPORT_*` variables and flags on top.
 
-use super::{CliError, CliResult, LogFormat, init_logging, runtime};
+use super::{CliError, CliResult, LogFormat, harden_process, init_logging, runtime};
 use case_export::server::{self, Config, ConfigError};
 use clap::Args;
 use std::io::Write;
@@ -107,24 +107,6 @@ impl ServeArgs {
             CliError::new(e.to_string())
         })?;
         Ok(c)
-    }
-}
-
-/// Keeps keys out of core dumps and away from ptrace on Linux.
-pub fn harden_process() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on this process with valid arguments.
-    unsafe {
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
-            tracing::warn!("could not disable core dumps");
-        }
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            tracing::warn!("could not mark the process non-dumpable");
-        }
     }
 }
 

@@ -49,7 +49,15 @@ pub fn new_token() -> Result<Zeroizing<String>, CliError> {
     let mut b = Zeroizing::new([0u8; 32]);
     getrandom::getrandom(b.as_mut())
         .map_err(|e| CliError::new(format!("cannot read the OS random generator: {e}")))?;
-    Ok(Zeroizing::new(format!("cxt_{}", hex::encode(b.as_ref()))))
+    // Built in place: `format!` and `hex::encode` would leave unwiped copies.
+    let mut t = Zeroizing::new(String::with_capacity(4 + 64));
+    t.push_str("cxt_");
+    for byte in b.iter() {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        t.push(char::from(HEX[usize::from(byte >> 4)]));
+        t.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    Ok(t)
 }
 
 /// Hex SHA-256 of a token, as `token_sha256` in the config.
@@ -86,8 +94,8 @@ pub fn run(a: TokenArgs) -> CliResult {
                 }
             }
             let token = new_token()?;
+            super::print_secret_line(&token)?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", token.as_str())?;
             writeln!(out)?;
             writeln!(
                 out,
@@ -101,18 +109,25 @@ pub fn run(a: TokenArgs) -> CliResult {
             Ok(())
         }
         TokenCommand::Hash => {
-            let mut line = Zeroizing::new(String::new());
-            std::io::stdin().read_line(&mut line)?;
-            if line.trim().is_empty() {
+            // Read past stdin's buffer, which is never wiped.
+            use std::os::fd::AsFd;
+            let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+            let line = super::read_secret(stdin, true)?.ok_or_else(|| {
+                CliError::new(format!(
+                    "stdin is not a token: expected one line of text of at most {} bytes",
+                    super::SECRET_FILE_MAX
+                ))
+            })?;
+            if line.is_empty() {
                 return Err(CliError::new("no token on stdin: pipe the token in"));
             }
-            println!("{}", token_sha256(line.trim()));
+            println!("{}", token_sha256(&line));
             Ok(())
         }
         TokenCommand::CheckpointKey(k) => {
             let seed = case_export::audit::CheckpointSigner::generate_hex()
                 .map_err(|e| CliError::new(format!("cannot read the OS random generator: {e}")))?;
-            super::write_private(&k.out, format!("{}\n", seed.as_str()).as_bytes())
+            super::write_private(&k.out, &super::secret_line(&seed))
                 .map_err(|e| CliError::new(format!("cannot write {}: {e}", k.out.display())))?;
             let signer =
                 case_export::audit::CheckpointSigner::from_file(&k.out).map_err(CliError::new)?;
