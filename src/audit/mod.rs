@@ -34,6 +34,9 @@ pub enum Kind {
     Denied,
     /// The server started with this log.
     ServerStart,
+    /// Not a call: how many refused calls of one peer were not recorded
+    /// one by one (over its record rate), and since when.
+    DeniedSummary,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Denied => "denied",
             Kind::ServerStart => "server_start",
+            Kind::DeniedSummary => "denied_summary",
         }
     }
 
@@ -62,6 +66,7 @@ impl Kind {
             "failed" => Kind::Failed,
             "denied" => Kind::Denied,
             "server_start" => Kind::ServerStart,
+            "denied_summary" => Kind::DeniedSummary,
             _ => return None,
         })
     }
