@@ -32,6 +32,9 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     /// Audit batch commits that failed (the events stay queued and are retried).
     pub audit_write_failures: Counter,
+    /// Refused calls of unknown callers over their peer's record rate,
+    /// counted in `denied_summary` events instead of recorded one by one.
+    pub refusals_unrecorded: Counter,
 }
 
 /// The process-wide metrics.
@@ -50,6 +53,7 @@ pub fn metrics() -> &'static Metrics {
             snapshot_bytes_held: Gauge::default(),
             audit_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             audit_write_failures: Counter::default(),
+            refusals_unrecorded: Counter::default(),
         };
         r.register(
             "exports_started",
@@ -95,6 +99,11 @@ pub fn metrics() -> &'static Metrics {
             "audit_write_failures",
             "Audit batch commits that failed (events kept and retried)",
             m.audit_write_failures.clone(),
+        );
+        r.register(
+            "refusals_unrecorded",
+            "Refused calls of unknown callers not recorded one by one (over the peer's record rate; counted in denied_summary events)",
+            m.refusals_unrecorded.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m
