@@ -174,6 +174,8 @@ pub struct AuditConfig {
     /// Peer addresses with an allowance of their own; a newcomer beyond
     /// them shares one with the others.
     pub denied_record_peers: usize,
+    /// Such records per minute for all peers together (and at once).
+    pub denied_records_per_minute_total: u32,
 }
 
 impl Default for AuditConfig {
@@ -185,6 +187,7 @@ impl Default for AuditConfig {
             denied_record_burst: 20,
             denied_records_per_minute: 60,
             denied_record_peers: 4096,
+            denied_records_per_minute_total: 1200,
         }
     }
 }
@@ -534,6 +537,12 @@ impl Config {
                 "must be between 1 and 1000000".into(),
             );
         }
+        if !(1..=1_000_000).contains(&self.audit.denied_records_per_minute_total) {
+            return v(
+                "audit.denied_records_per_minute_total",
+                "must be between 1 and 1000000".into(),
+            );
+        }
         if !self.listen.ip().is_loopback() && !self.allow_plaintext && self.tls.is_none() {
             return v(
                 "listen",
@@ -710,6 +719,7 @@ mod tests {
             ("denied_record_burst", "0"),
             ("denied_records_per_minute", "0"),
             ("denied_record_peers", "0"),
+            ("denied_records_per_minute_total", "0"),
         ] {
             let e = Config::from_toml(&format!("[audit]\n{key} = {bad}\n"), Path::new("c.toml"))
                 .unwrap_err()

@@ -282,6 +282,7 @@ pub async fn serve_on(
         config.audit.denied_record_burst,
         config.audit.denied_records_per_minute,
         config.audit.denied_record_peers,
+        config.audit.denied_records_per_minute_total,
     ));
     let summaries = tokio::spawn(refusals::write_summaries(refusals.clone(), audit.clone()));
     let server = builder

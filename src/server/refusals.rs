@@ -85,6 +85,9 @@ struct State {
     /// `seen` tick to peer: the least recently seen peer first.
     order: BTreeMap<u64, Peer>,
     tick: u64,
+    /// Records left for all peers together, and when last refilled.
+    all_tokens: f64,
+    all_refilled: Instant,
 }
 
 /// Whether a refused call is recorded one by one.
@@ -101,21 +104,29 @@ pub struct RefusalLimiter {
     burst: f64,
     per_sec: f64,
     max_peers: usize,
+    /// All peers together: a minute's worth at once, refilled per second.
+    all_per_minute: f64,
     state: Mutex<State>,
 }
 
 impl RefusalLimiter {
     /// `burst` records at once per peer, refilled at `per_minute`; at most
-    /// `max_peers` peers have buckets of their own.
-    pub fn new(burst: u32, per_minute: u32, max_peers: usize) -> Self {
+    /// `max_peers` peers have buckets of their own; at most
+    /// `all_per_minute` records a minute for all peers together, so that
+    /// many addresses buy no more than that.
+    pub fn new(burst: u32, per_minute: u32, max_peers: usize, all_per_minute: u32) -> Self {
+        let all = f64::from(all_per_minute.max(1));
         Self {
             burst: f64::from(burst.max(1)),
             per_sec: f64::from(per_minute) / 60.0,
             max_peers: max_peers.max(1),
+            all_per_minute: all,
             state: Mutex::new(State {
                 peers: HashMap::new(),
                 order: BTreeMap::new(),
                 tick: 0,
+                all_tokens: all,
+                all_refilled: Instant::now(),
             }),
         }
     }
@@ -170,10 +181,14 @@ impl RefusalLimiter {
         b.seen = tick;
         st.order.insert(tick, peer);
         b.refill(now, self.burst, self.per_sec);
-        let record = b.tokens >= 1.0;
+        let dt = now.saturating_duration_since(st.all_refilled).as_secs_f64();
+        st.all_tokens = (st.all_tokens + dt * self.all_per_minute / 60.0).min(self.all_per_minute);
+        st.all_refilled = now;
+        let record = b.tokens >= 1.0 && st.all_tokens >= 1.0;
         let mut summaries: Vec<Event> = evicted.into_iter().collect();
         if record {
             b.tokens -= 1.0;
+            st.all_tokens -= 1.0;
             summaries.extend(b.take_summary(peer));
         } else {
             b.suppressed += 1;
@@ -254,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_peer_gets_its_burst_then_a_summary_of_what_was_not_recorded() {
-        let l = RefusalLimiter::new(3, 60, 16);
+        let l = RefusalLimiter::new(3, 60, 16, 1000);
         let t0 = Instant::now();
         let a = ip("10.0.0.1");
         for _ in 0..3 {
@@ -281,8 +296,30 @@ mod tests {
     }
 
     #[test]
+    fn all_peers_together_get_at_most_the_total() {
+        let l = RefusalLimiter::new(5, 60, 10_000, 30);
+        let t0 = Instant::now();
+        // 1000 addresses, each within its own burst: 30 recorded in all.
+        let recorded = (0..1000u32)
+            .filter(|i| {
+                let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
+                l.admit_at(Some(a), t0).record
+            })
+            .count();
+        assert_eq!(recorded, 30);
+        // Two seconds later, one more a second.
+        let later = t0 + Duration::from_secs(2);
+        let a = ip("10.9.0.1");
+        let recorded = (0..10).filter(|_| l.admit_at(a, later).record).count();
+        assert_eq!(recorded, 1);
+        // Every call not recorded is in a summary.
+        let counted: u64 = l.drain_at(later).iter().map(|e| suppressed(e).1).sum();
+        assert_eq!(counted, 970 + 9);
+    }
+
+    #[test]
     fn ipv6_peers_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
-        let l = RefusalLimiter::new(1, 1, 16);
+        let l = RefusalLimiter::new(1, 1, 16, 1000);
         let t0 = Instant::now();
         assert!(l.admit_at(ip("2001:db8:1:2::1"), t0).record);
         assert!(!l.admit_at(ip("2001:db8:1:2:ffff::9"), t0).record);
@@ -299,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_peer_map_is_bounded_and_busy_newcomers_share_one_bucket() {
-        let l = RefusalLimiter::new(2, 60, 2);
+        let l = RefusalLimiter::new(2, 60, 2, 1000);
         let t0 = Instant::now();
         for p in ["10.0.0.1", "10.0.0.2"] {
             for _ in 0..3 {
