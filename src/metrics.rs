@@ -36,6 +36,9 @@ pub struct Metrics {
     pub audit_trail_mismatches: Counter,
     /// Events refused because the writer's queue was full.
     pub audit_events_refused: Counter,
+    /// Refused calls of unknown callers over their peer's record rate,
+    /// counted in `denied_summary` events instead of recorded one by one.
+    pub refusals_unrecorded: Counter,
 }
 
 /// The process-wide metrics.
@@ -56,6 +59,7 @@ pub fn metrics() -> &'static Metrics {
             audit_write_failures: Counter::default(),
             audit_trail_mismatches: Counter::default(),
             audit_events_refused: Counter::default(),
+            refusals_unrecorded: Counter::default(),
         };
         r.register(
             "exports_started",
@@ -111,6 +115,11 @@ pub fn metrics() -> &'static Metrics {
             "audit_events_refused",
             "Audit events refused because the queue waiting for the store was full",
             m.audit_events_refused.clone(),
+        );
+        r.register(
+            "refusals_unrecorded",
+            "Refused calls of unknown callers not recorded one by one (over the peer's record rate; counted in denied_summary events)",
+            m.refusals_unrecorded.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m

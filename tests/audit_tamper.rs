@@ -1246,3 +1246,50 @@ fn the_queue_of_events_waiting_for_the_store_is_bounded_in_bytes() {
     let expected = EVENTS + queued + u64::from(seq.is_ok());
     assert_eq!(v.last_seq, expected, "{seq:?}");
 }
+
+/// A `denied_summary` is not a call: a log holding one verifies, lists no
+/// call without an end, and `audit list` shows it.
+#[test]
+fn denied_summaries_verify_and_are_listed() {
+    let dir = TempDir::new().expect("tempdir");
+    let db = dir.path().join("audit.db");
+    let writer = AuditWriter::start(
+        &db,
+        "summary-test",
+        case_export::audit::WriterConfig {
+            every: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .expect("start writer");
+    let h = writer.handle();
+    let mut summary = Event::new(Kind::DeniedSummary, "-");
+    summary.peer = Some("192.0.2.7".into());
+    summary.detail =
+        Some(r#"{"peer":"192.0.2.7","since":"2026-01-01T00:00:00Z","suppressed":41}"#.into());
+    for e in [
+        Event::new(Kind::ServerStart, "-"),
+        call_event(Kind::Attempt, "r1", "-"),
+        call_event(Kind::Denied, "r1", "-"),
+        summary,
+    ] {
+        h.record_acked(e)
+            .blocking_recv()
+            .expect("writer answers")
+            .expect("committed");
+    }
+    writer.shutdown();
+    let v = verify(&db);
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    assert_eq!(v.events, 4);
+    assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
+    let o = run(bin().args(["audit", "verify", "--db"]).arg(&db));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    let o = run(bin().args(["audit", "list", "--db"]).arg(&db));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(
+        stdout_of(&o).contains("denied_summary"),
+        "{}",
+        stdout_of(&o)
+    );
+}

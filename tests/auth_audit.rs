@@ -259,7 +259,7 @@ fn all_ended(ev: &[Ev]) -> bool {
     for (_, e, _) in ev {
         if e.kind.is_terminal() {
             open.remove(&e.request_id);
-        } else if e.kind != Kind::ServerStart {
+        } else if !matches!(e.kind, Kind::ServerStart | Kind::DeniedSummary) {
             open.insert(e.request_id.clone());
         }
     }
@@ -1256,7 +1256,7 @@ async fn mutual_tls_identities_end_to_end() {
         ..principal("case-mgmt", None, &[Role::Exporter])
     });
     principals.push(PrincipalConfig {
-        tls_identity: Some("legacy-batch".into()),
+        tls_identity: Some("cn:legacy-batch".into()),
         ..principal("legacy-batch", None, &[Role::Exporter])
     });
     let mut cfg = base_config(dir.path(), &db, principals);
@@ -1289,7 +1289,7 @@ async fn mutual_tls_identities_end_to_end() {
         assert_eq!(e.principal.as_deref(), Some("case-mgmt"));
     }
 
-    // Without a SPIFFE URI SAN the subject CN is the identity.
+    // A `cn:` identity names the principal by the subject CN.
     tls_export(&url, tls_options(&ca, Some(&cn_only), None), case)
         .await
         .expect("CN identity export");
@@ -1375,6 +1375,452 @@ async fn mutual_tls_identities_end_to_end() {
         .await
         .expect_err("no credentials");
     assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+    srv.stop().await;
+}
+
+/// A server with TLS (mutual TLS optional) under `ca`, and its https URL.
+async fn tls_server(
+    dir: &Path,
+    db: &Path,
+    ca: &Ca,
+    principals: Vec<PrincipalConfig>,
+) -> (Srv, String) {
+    use rcgen::SanType;
+    let server_leaf = make_leaf(
+        ca,
+        "localhost",
+        vec![
+            SanType::DnsName("localhost".try_into().expect("dns")),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ],
+        true,
+    );
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p
+    };
+    let mut cfg = base_config(dir, db, principals);
+    cfg.tls = Some(TlsConfig {
+        cert: write("server.pem", &server_leaf.0),
+        key: write("server.key", &server_leaf.1),
+        client_ca: Some(write("ca.pem", &ca.pem)),
+    });
+    let srv = Srv::start(cfg).await;
+    let url = format!("https://localhost:{}", srv.addr.port());
+    (srv, url)
+}
+
+/// The events written after `before`, once one of them is `until`.
+async fn events_after(srv: &Srv, before: u64, until: Kind) -> Vec<Event> {
+    srv.wait_events("the call's end", |ev| {
+        ev.iter().any(|(s, e, _)| *s > before && e.kind == until)
+    })
+    .await
+    .into_iter()
+    .filter(|(s, _, _)| *s > before)
+    .map(|(_, e, _)| e)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_identities_are_typed_and_a_cn_spelling_a_spiffe_id_is_refused() {
+    const SVC_A: &str = "spiffe://example.org/svc-a";
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 2, 10);
+    let ca = make_ca("case-export test CA");
+    let principals = vec![
+        PrincipalConfig {
+            tls_identity: Some(SVC_A.into()),
+            ..principal("svc-a", None, &[Role::Exporter])
+        },
+        PrincipalConfig {
+            tls_identity: Some("cn:legacy-batch".into()),
+            ..principal("batch", None, &[Role::Exporter])
+        },
+    ];
+    let (srv, url) = tls_server(dir.path(), &db, &ca, principals).await;
+    let case = &cases[0].0;
+    // One certificate per case, all from the server's own client CA.
+    let by_uri = make_leaf(&ca, "anything", vec![uri(SVC_A)], false);
+    let by_cn = make_leaf(&ca, "legacy-batch", vec![], false);
+    let look_alike = make_leaf(&ca, SVC_A, vec![], false);
+    let both = make_leaf(&ca, "legacy-batch", vec![uri(SVC_A)], false);
+    let huge_uri = format!("spiffe://example.org/{}", "x".repeat(3000));
+    let huge = make_leaf(&ca, "huge", vec![uri(&huge_uri)], false);
+
+    // The SPIFFE principal by its URI SAN; the CN principal by its CN. The
+    // trail says which kind matched.
+    for (leaf, name, id) in [
+        (&by_uri, "svc-a", SVC_A),
+        (&by_cn, "batch", "cn:legacy-batch"),
+    ] {
+        srv.settle().await;
+        let before = srv.last_seq();
+        tls_export(&url, tls_options(&ca, Some(leaf), None), case)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let evs = events_after(&srv, before, Kind::Completed).await;
+        assert_eq!(
+            kinds(&evs),
+            [Kind::Attempt, Kind::Started, Kind::Sealed, Kind::Completed]
+        );
+        for e in &evs {
+            assert_eq!(e.principal.as_deref(), Some(name), "{e:#?}");
+            assert_eq!(e.tls_identity.as_deref(), Some(id), "{e:#?}");
+        }
+    }
+
+    // The look-alike: CN = svc-a's SPIFFE id, no URI SAN. Refused, and on
+    // record as denied with the CN it presented, typed as a CN.
+    let refused = [
+        (
+            &look_alike,
+            format!("cn:{SVC_A}"),
+            "certificate identity names no principal",
+        ),
+        // URI SAN of one principal and CN of another: neither.
+        (
+            &both,
+            SVC_A.to_string(),
+            "certificate identity names several principals",
+        ),
+    ];
+    for (leaf, shown, reason) in refused {
+        srv.settle().await;
+        let before = srv.last_seq();
+        let e = tls_export(&url, tls_options(&ca, Some(leaf), None), case)
+            .await
+            .expect_err("must be refused");
+        assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+        let evs = events_after(&srv, before, Kind::Denied).await;
+        assert_eq!(kinds(&evs), [Kind::Attempt, Kind::Denied], "{evs:#?}");
+        assert_eq!(detail(&evs[0])["reason"], reason);
+        assert_eq!(evs[1].code.as_deref(), Some("UNAUTHENTICATED"));
+        for e in &evs {
+            assert!(e.principal.is_none(), "{e:#?}");
+            assert_eq!(e.tls_identity.as_deref(), Some(shown.as_str()));
+        }
+    }
+
+    // A certificate with a 3 KB name: what is stored of it is bounded.
+    srv.settle().await;
+    let before = srv.last_seq();
+    let e = tls_export(&url, tls_options(&ca, Some(&huge), None), case)
+        .await
+        .expect_err("names no principal");
+    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+    let evs = events_after(&srv, before, Kind::Denied).await;
+    let want = format!(
+        "invalid ({} bytes) sha256:{}",
+        huge_uri.len(),
+        hex::encode(Sha256::digest(huge_uri.as_bytes()))
+    );
+    for e in &evs {
+        assert_eq!(e.tls_identity.as_deref(), Some(want.as_str()));
+    }
+    srv.stop().await;
+}
+
+#[test]
+fn serve_refuses_untyped_and_look_alike_tls_identities() {
+    let dir = TempDir::new().expect("tempdir");
+    for (id, says) in [
+        ("legacy-batch", "write \"cn:legacy-batch\""),
+        (
+            "cn:spiffe://example.org/svc-a",
+            "write tls_identity = \"spiffe://example.org/svc-a\"",
+        ),
+    ] {
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[principals]]\nname = \"svc-x\"\ntls_identity = {id:?}\nroles = [\"exporter\"]\n"
+            ),
+        )
+        .expect("write config");
+        let o = common::run(common::bin().arg("serve").arg("--config").arg(&config));
+        let line = common::one_error_line(&o);
+        assert!(line.contains("\"svc-x\""), "{line}");
+        assert!(line.contains("principals.tls_identity"), "{line}");
+        assert!(line.contains(says), "{id}: {line}");
+    }
+}
+
+/// A unary call of any path with an empty message, as a scanner would
+/// make it.
+async fn call_path(url: &str, path: &str, token: Option<&str>) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel(url, false).await);
+    grpc.ready().await.expect("ready");
+    let path: http::uri::PathAndQuery = path.parse().expect("path");
+    grpc.unary::<(), (), _>(
+        with_creds((), token, Some(TEST_ANALYST)),
+        path,
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("no such method")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_methods_are_recorded_bounded_and_answered_unimplemented() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, _) = seed(dir.path(), 1, 5);
+    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    let long = format!("/case_export.v1.ExportService/{}", "A".repeat(10_000));
+    for (path, token, stored) in [
+        // An unknown method of a known service, with and without a token.
+        ("/case_export.v1.ExportService/DeleteCase", None, None),
+        (
+            "/case_export.v1.ExportService/DeleteCase",
+            Some(TEST_TOKEN),
+            None,
+        ),
+        // A service that does not exist: tonic alone answered it unseen.
+        ("/admin.v1.Shell/Exec", None, None),
+        (long.as_str(), None, Some(&long[..128])),
+    ] {
+        srv.settle().await;
+        let before = srv.last_seq();
+        let s = call_path(&srv.url, path, token).await;
+        assert_eq!(s.code(), Code::Unimplemented, "{path}: {s:?}");
+        let evs = events_after(&srv, before, Kind::Failed).await;
+        assert_eq!(kinds(&evs), [Kind::Attempt, Kind::Failed], "{evs:#?}");
+        assert_eq!(evs[0].request_id, evs[1].request_id);
+        assert_eq!(detail(&evs[0])["reason"], "unknown method");
+        assert_eq!(evs[1].code.as_deref(), Some("UNIMPLEMENTED"));
+        for e in &evs {
+            let m = e.method.as_deref().expect("method");
+            match stored {
+                None => assert_eq!(m, path),
+                Some(prefix) => {
+                    assert!(m.len() < 128 + 100, "{} bytes stored", m.len());
+                    let tail = format!(
+                        "... ({} bytes, sha256:{})",
+                        path.len(),
+                        hex::encode(Sha256::digest(path.as_bytes()))
+                    );
+                    assert_eq!(m, format!("{prefix}{tail}"));
+                }
+            }
+            assert!(e.principal.is_none() && e.on_behalf_of.is_none(), "{e:#?}");
+            assert!(
+                e.peer
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:"))
+            );
+        }
+    }
+    // Health needs no credentials and leaves nothing on record.
+    srv.settle().await;
+    let before = srv.last_seq();
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(channel(&srv.url, false).await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health");
+    // A recorded call after it shows that nothing came in between.
+    let _ = call_path(&srv.url, "/admin.v1.Shell/Marker", None).await;
+    let evs = events_after(&srv, before, Kind::Failed).await;
+    assert!(
+        evs.iter()
+            .all(|e| e.method.as_deref() == Some("/admin.v1.Shell/Marker")),
+        "{evs:#?}"
+    );
+    srv.stop().await;
+}
+
+/// Bytes the events after `after` hold per kind, all columns counted.
+fn trail_bytes_by_kind(audit_db: &Path, after: u64) -> BTreeMap<String, u64> {
+    let conn = case_export::audit::open_log_read_only(audit_db).expect("open trail");
+    let mut st = conn
+        .prepare(
+            "SELECT kind, SUM(8 + length(CAST(ts AS BLOB)) + length(CAST(kind AS BLOB))
+                + length(CAST(request_id AS BLOB)) + COALESCE(length(CAST(method AS BLOB)), 0)
+                + COALESCE(length(CAST(principal AS BLOB)), 0)
+                + COALESCE(length(CAST(on_behalf_of AS BLOB)), 0)
+                + COALESCE(length(CAST(peer AS BLOB)), 0)
+                + COALESCE(length(CAST(tls_identity AS BLOB)), 0)
+                + COALESCE(length(CAST(case_id AS BLOB)), 0)
+                + COALESCE(length(CAST(export_id AS BLOB)), 0)
+                + COALESCE(length(CAST(purpose AS BLOB)), 0)
+                + COALESCE(length(CAST(code AS BLOB)), 0)
+                + COALESCE(length(CAST(detail AS BLOB)), 0)
+                + length(CAST(instance AS BLOB)) + length(CAST(version AS BLOB))
+                + length(prev_hash) + length(hash))
+             FROM audit_events WHERE seq > ? GROUP BY kind",
+        )
+        .expect("prepare");
+    st.query_map([after as i64], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })
+    .expect("query")
+    .collect::<rusqlite::Result<_>>()
+    .expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn denied_calls_with_60_kb_headers_grow_the_trail_by_a_bounded_amount() {
+    const CALLS: u64 = 50;
+    const BURST: u64 = 10;
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 1, 5);
+    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    cfg.audit.denied_record_burst = BURST as u32;
+    // One record a minute back: the burst is about all this test sees.
+    cfg.audit.denied_records_per_minute = 1;
+    let srv = Srv::start(cfg).await;
+    srv.settle().await;
+    let start = srv.last_seq();
+    let audit_db = srv.audit_db.clone();
+    let big = "a".repeat(60_000);
+    let mut c = raw_export(&srv.url, false).await;
+    for i in 0..CALLS {
+        // Half without a token, half with a wrong one.
+        let token = (i % 2 == 1).then_some("cxt_wrong");
+        let s = c
+            .export_case(with_creds(export_req(&cases[0].0), token, Some(&big)))
+            .await
+            .expect_err("refused");
+        assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    }
+    srv.settle().await;
+    let live = trail_bytes_by_kind(&audit_db, start);
+    // The clean stop writes the count of the calls that were not recorded.
+    srv.stop().await;
+
+    let all: Vec<Event> = audit_events(&audit_db)
+        .into_iter()
+        .filter(|(s, _, _)| *s > start)
+        .map(|(_, e, _)| e)
+        .collect();
+    assert!(
+        all.iter()
+            .all(|e| matches!(e.kind, Kind::Attempt | Kind::Denied | Kind::DeniedSummary)),
+        "{all:#?}"
+    );
+    let recorded = all.iter().filter(|e| e.kind == Kind::Attempt).count() as u64;
+    assert_eq!(
+        all.iter().filter(|e| e.kind == Kind::Denied).count() as u64,
+        recorded
+    );
+    // The first BURST calls are recorded: they are the ones before any
+    // summary.
+    assert!(all.len() as u64 >= 2 * BURST);
+    assert!(
+        all[..2 * BURST as usize]
+            .iter()
+            .all(|e| e.kind != Kind::DeniedSummary)
+    );
+    for e in &all {
+        if e.kind != Kind::DeniedSummary {
+            let obo = e.on_behalf_of.as_deref().expect("noted");
+            assert!(obo.starts_with("invalid (60000 bytes) sha256:"), "{obo}");
+        }
+    }
+    let summaries: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.kind == Kind::DeniedSummary)
+        .collect();
+    let suppressed: u64 = summaries
+        .iter()
+        .map(|e| detail(e)["suppressed"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(recorded + suppressed, CALLS, "{summaries:#?}");
+    assert!(suppressed >= 1);
+    for e in &summaries {
+        let d = detail(e);
+        assert_eq!(d["peer"], "127.0.0.1", "{d}");
+        assert!(d["since"].is_string(), "{d}");
+    }
+    let end = trail_bytes_by_kind(&audit_db, start);
+    let call_bytes = end["attempt"] + end["denied"];
+    let summary_bytes = end.get("denied_summary").copied().unwrap_or(0);
+    let per_recorded = call_bytes / recorded;
+    let per_suppressed = summary_bytes / suppressed;
+    // While the server ran, the calls over the bucket added nothing but a
+    // summary if the bucket refilled meanwhile.
+    let live_total: u64 = live.values().sum();
+    let live_summaries = live.get("denied_summary").copied().unwrap_or(0);
+    eprintln!(
+        "trail growth, {CALLS} unauthenticated calls with a 60000-byte x-on-behalf-of \
+         (burst {BURST}): {recorded} recorded at {per_recorded} bytes each \
+         (attempt + denied); {suppressed} over the bucket: {} bytes while running, \
+         then one summary of {summary_bytes} bytes at stop ({per_suppressed} bytes per \
+         suppressed call); total {} bytes",
+        live_summaries,
+        call_bytes + summary_bytes,
+    );
+    assert_eq!(live_total - live_summaries, call_bytes);
+    assert!(
+        per_recorded < 2048,
+        "{per_recorded} bytes per recorded call"
+    );
+    assert!(
+        per_suppressed < 64,
+        "{per_suppressed} bytes per suppressed call"
+    );
+    let v = verify_log(
+        &case_export::audit::open_log_read_only(&audit_db).expect("open"),
+        &[],
+        None,
+    )
+    .expect("verify");
+    assert!(v.chain_ok(), "{:?}", v.problems);
+    assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn format_characters_in_purpose_and_on_behalf_of_are_refused() {
+    let dir = TempDir::new().expect("tempdir");
+    let (db, cases) = seed(dir.path(), 1, 5);
+    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    let mut c = raw_export(&srv.url, false).await;
+    for hidden in ['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}'] {
+        let code = format!("U+{:04X}", hidden as u32);
+        // The purpose: refused before anything is read.
+        let mut req = export_req(&cases[0].0);
+        req.purpose = format!("TICKET-1{hidden}234: review");
+        let s = c
+            .export_case(with_creds(req, Some(TEST_TOKEN), Some(TEST_ANALYST)))
+            .await
+            .expect_err("refused");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains(&code), "{s:?}");
+        // The analyst: UTF-8 bytes in the metadata, as a hostile client
+        // can send them.
+        let analyst = format!("alice{hidden}.evil");
+        let mut r = with_creds(export_req(&cases[0].0), Some(TEST_TOKEN), None);
+        r.metadata_mut().insert(
+            ON_BEHALF_OF,
+            tonic::metadata::AsciiMetadataValue::try_from(analyst.as_bytes())
+                .expect("obs-text bytes are allowed in metadata"),
+        );
+        srv.settle().await;
+        let before = srv.last_seq();
+        let s = c.export_case(r).await.expect_err("refused");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains(&code), "{s:?}");
+        assert!(s.message().contains(ON_BEHALF_OF), "{s:?}");
+        let evs = events_after(&srv, before, Kind::Denied).await;
+        assert_eq!(kinds(&evs), [Kind::Attempt, Kind::Denied]);
+        assert_eq!(detail(&evs[0])["reason"], "malformed on-behalf-of");
+        let note = format!(
+            "invalid ({} bytes) sha256:{}",
+            analyst.len(),
+            hex::encode(Sha256::digest(analyst.as_bytes()))
+        );
+        for e in &evs {
+            assert_eq!(e.on_behalf_of.as_deref(), Some(note.as_str()));
+        }
+    }
+    assert!(
+        !srv.events()
+            .iter()
+            .any(|(_, e, _)| matches!(e.kind, Kind::Started | Kind::Completed))
+    );
     srv.stop().await;
 }
 

@@ -44,6 +44,9 @@ pub enum Kind {
     /// (`case-export audit new-trail`); names the old log and its last good
     /// head.
     TrailStart,
+    /// Not a call: how many refused calls of one peer were not recorded
+    /// one by one (over its record rate), and since when.
+    DeniedSummary,
 }
 
 impl Kind {
@@ -59,6 +62,7 @@ impl Kind {
             Kind::Denied => "denied",
             Kind::ServerStart => "server_start",
             Kind::TrailStart => "trail_start",
+            Kind::DeniedSummary => "denied_summary",
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
             "denied" => Kind::Denied,
             "server_start" => Kind::ServerStart,
             "trail_start" => Kind::TrailStart,
+            "denied_summary" => Kind::DeniedSummary,
             _ => return None,
         })
     }

@@ -147,11 +147,14 @@ pub fn verify_log(
                     entry.2 = e.export_id.clone();
                 }
             }
-            k if k.is_terminal() => {
+            Kind::Completed | Kind::Cancelled | Kind::Failed | Kind::Denied => {
                 open.remove(&e.request_id);
                 ended.insert(e.request_id.clone());
             }
-            _ => {}
+            // Not calls: a start, a trail's first event, and the count of
+            // refused calls that were not recorded one by one (they have no
+            // events to end).
+            Kind::ServerStart | Kind::TrailStart | Kind::DeniedSummary => {}
         }
     }
     for c in checkpoints {
@@ -250,7 +253,7 @@ pub struct TenantView {
 }
 
 /// Event kinds that belong to the server, not to a call.
-const LIFECYCLE_KINDS: &str = "'server_start'";
+const LIFECYCLE_KINDS: &str = "'server_start', 'trail_start'";
 
 impl TenantView {
     /// An SQL condition on `audit_events` with its arguments appended.

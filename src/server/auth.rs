@@ -1,10 +1,12 @@
 //! Who is calling and may they: bearer tokens compared as SHA-256 digests in
-//! constant time, or a client certificate identity; roles checked per
-//! service. The interceptor records every attempt before any case data is
-//! read.
+//! constant time, or a typed client certificate identity (a SPIFFE URI SAN,
+//! or a subject CN asked for as such); roles checked per service. The
+//! interceptor records every attempt before any case data is read, with
+//! only validated or bounded values from the caller.
 
 use super::config::{PrincipalConfig, Role};
 use super::layer::CallContext;
+use super::untrusted::{bounded_identity, describe_char, invalid_note};
 use crate::audit::{AuditHandle, Event, Kind};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -23,7 +25,9 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// `None`: every tenant.
     pub tenants: Option<Vec<String>>,
-    /// The client certificate's identity (SPIFFE URI SAN, else CN), if one was presented.
+    /// The client certificate's identity, typed (`spiffe://...` or
+    /// `cn:NAME`): the one that named the principal, else the one it
+    /// presents (bounded), if a certificate was presented.
     pub tls_identity: Option<String>,
     /// The analyst named in `x-on-behalf-of`, if the call sent one.
     pub on_behalf_of: Option<String>,
@@ -69,31 +73,88 @@ impl Authenticator {
         found
     }
 
-    fn by_tls(&self, identity: &str) -> Option<&PrincipalConfig> {
-        self.entries
-            .iter()
-            .find(|e| e.cfg.tls_identity.as_deref() == Some(identity))
-            .map(|e| &e.cfg)
+    /// The principal a certificate names, with the typed identity that
+    /// matched: a `spiffe://` identity only against the URI SANs, a `cn:`
+    /// one only against the subject CN. A certificate that names two
+    /// principals names none (`Err`).
+    fn by_certificate(
+        &self,
+        names: &CertificateNames,
+    ) -> Result<Option<(&PrincipalConfig, &str)>, Ambiguous> {
+        let mut found = None;
+        for e in &self.entries {
+            let Some(id) = e.cfg.tls_identity.as_deref() else {
+                continue;
+            };
+            let matches = if id.starts_with("spiffe://") {
+                names.spiffe.iter().any(|u| u == id)
+            } else if let Some(cn) = id.strip_prefix("cn:") {
+                names.cn.as_deref() == Some(cn)
+            } else {
+                // Refused when the configuration is validated.
+                false
+            };
+            if matches && found.replace((&e.cfg, id)).is_some() {
+                return Err(Ambiguous);
+            }
+        }
+        Ok(found)
     }
 }
 
-/// The SPIFFE URI SAN of a DER certificate, else its subject CN.
-pub fn certificate_identity(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = name
-                && uri.starts_with("spiffe://")
-            {
-                return Some(uri.to_string());
+/// A certificate whose names match more than one principal.
+#[derive(Debug, Clone, Copy)]
+struct Ambiguous;
+
+/// The names of a client certificate that can identify a principal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// Its URI subject alternative names that are SPIFFE ids.
+    pub spiffe: Vec<String>,
+    /// The first common name of its subject.
+    pub cn: Option<String>,
+}
+
+impl CertificateNames {
+    /// The names of a DER certificate; `None` if it cannot be parsed.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut spiffe = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(uri) = name
+                    && uri.starts_with("spiffe://")
+                {
+                    spiffe.push(uri.to_string());
+                }
             }
         }
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        Some(Self { spiffe, cn })
     }
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
+
+    /// The typed identity recorded for a certificate that names no
+    /// principal: its first SPIFFE id, else `cn:` and its CN; bounded.
+    pub fn presented(&self) -> Option<String> {
+        let id = match (self.spiffe.first(), &self.cn) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(cn)) => format!("cn:{cn}"),
+            (None, None) => return None,
+        };
+        Some(bounded_identity(&id))
+    }
+}
+
+/// The typed identity a DER certificate presents, as the trail records it
+/// when it names no principal: its first SPIFFE URI SAN, else `cn:` and its
+/// subject CN; a note of its length and SHA-256 when over 256 bytes.
+pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    CertificateNames::from_der(der)?.presented()
 }
 
 /// The tonic interceptor of one service, requiring one role.
@@ -114,13 +175,84 @@ fn bearer(req: &Request<()>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn valid_on_behalf_of(v: &str) -> bool {
-    let n = v.chars().count();
-    (1..=200).contains(&n) && !v.chars().any(char::is_control) && !v.trim().is_empty()
+/// What a call's `x-on-behalf-of` says.
+#[derive(Debug, PartialEq, Eq)]
+enum OnBehalfOf {
+    Absent,
+    Valid(String),
+    /// Present and refused: the audit reason, the caller's message, and the
+    /// note stored instead of the value.
+    Invalid {
+        reason: &'static str,
+        message: String,
+        note: String,
+    },
+}
+
+impl OnBehalfOf {
+    fn of(req: &Request<()>) -> Self {
+        let Some(v) = req.metadata().get(ON_BEHALF_OF) else {
+            return Self::Absent;
+        };
+        let bytes = v.as_bytes();
+        match check_on_behalf_of(bytes) {
+            Ok(s) => Self::Valid(s.to_owned()),
+            Err((reason, message)) => Self::Invalid {
+                reason,
+                message,
+                note: invalid_note(bytes),
+            },
+        }
+    }
+
+    /// What the trail stores: the value as validated, else its note.
+    fn recorded(&self) -> Option<String> {
+        match self {
+            Self::Absent => None,
+            Self::Valid(v) => Some(v.clone()),
+            Self::Invalid { note, .. } => Some(note.clone()),
+        }
+    }
+}
+
+/// An analyst name: 1 to 200 characters of printable ASCII, not blank.
+/// Anything else is refused with the audit reason (`missing` for a value
+/// that is empty, blank, too long or holds control characters, `malformed`
+/// for one that is not ASCII, as before) and a message naming the fault.
+fn check_on_behalf_of(b: &[u8]) -> Result<&str, (&'static str, String)> {
+    const RULE: &str = "the analyst the export is for: 1 to 200 characters of printable ASCII";
+    let missing = |why: String| Err(("missing on-behalf-of", format!("{ON_BEHALF_OF} {why}")));
+    let Ok(s) = std::str::from_utf8(b) else {
+        return Err((
+            "malformed on-behalf-of",
+            format!("{ON_BEHALF_OF} is not UTF-8 text; send {RULE}"),
+        ));
+    };
+    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
+        let why = format!("contains {}; send {RULE}", describe_char(c));
+        return if c.is_ascii() {
+            missing(why)
+        } else {
+            Err(("malformed on-behalf-of", format!("{ON_BEHALF_OF} {why}")))
+        };
+    }
+    if s.trim().is_empty() {
+        return missing(format!("metadata is required: {RULE}"));
+    }
+    if s.len() > 200 {
+        return missing(format!("is {} characters long; send {RULE}", s.len()));
+    }
+    Ok(s)
 }
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        // Fail closed before anything else: a call that cannot be recorded
+        // is not taken (the trail is refused, or too many events wait for
+        // the store).
+        if !self.audit.is_accepting() {
+            return Err(super::error::ExportError::AuditUnavailable.into());
+        }
         let ctx = req.extensions().get::<CallContext>().cloned();
         let request_id = ctx
             .as_ref()
@@ -131,32 +263,45 @@ impl tonic::service::Interceptor for AuthInterceptor {
             ev.method = Some(c.method.clone());
             ev.peer = c.peer.clone();
         }
-        let tls_identity = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| certificate_identity(c.as_ref())));
+        let names = req.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| CertificateNames::from_der(c.as_ref()))
+        });
+        let token = bearer(&req);
+        // Only a call without a token is named by its certificate.
+        let by_certificate = match (&token, &names) {
+            (None, Some(n)) => Some(self.auth.by_certificate(n)),
+            _ => None,
+        };
+        let tls_identity = match &by_certificate {
+            Some(Ok(Some((_, id)))) => Some(id.to_string()),
+            _ => names.as_ref().and_then(CertificateNames::presented),
+        };
         ev.tls_identity = tls_identity.clone();
-        let on_behalf_of = req
-            .metadata()
-            .get(ON_BEHALF_OF)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        ev.on_behalf_of = on_behalf_of.clone();
+        let on_behalf_of = OnBehalfOf::of(&req);
+        ev.on_behalf_of = on_behalf_of.recorded();
         if let Some(c) = &ctx {
             c.note(|i| {
-                i.on_behalf_of = on_behalf_of.clone();
+                i.on_behalf_of = on_behalf_of.recorded();
                 i.tls_identity = tls_identity.clone();
             });
         }
 
-        let token = bearer(&req);
-        let found = match &token {
-            Some(t) => self.auth.by_token(t),
-            None => tls_identity.as_deref().and_then(|i| self.auth.by_tls(i)),
+        let found = match (&token, by_certificate) {
+            (Some(t), _) => self.auth.by_token(t),
+            (None, Some(Ok(p))) => p.map(|(p, _)| p),
+            (None, _) => None,
         };
         let deny = |mut ev: Event, status: Status, reason: &str| {
             ev.detail = Some(serde_json::json!({ "reason": reason }).to_string());
             if let Some(c) = &ctx {
                 c.note(|i| i.denied = true);
+                // An unknown caller's refusals are recorded at a bounded
+                // rate per peer; the rest are counted in a summary.
+                if ev.principal.is_none() && !c.admit_refusal(&self.audit) {
+                    return Err(status);
+                }
             }
             self.audit.record(ev);
             Err(status)
@@ -164,7 +309,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let Some(p) = found else {
             let why = if token.is_some() {
                 "unknown token"
-            } else if tls_identity.is_some() {
+            } else if matches!(by_certificate, Some(Err(Ambiguous))) {
+                "certificate identity names several principals"
+            } else if names.is_some() {
                 "certificate identity names no principal"
             } else {
                 "no credentials"
@@ -194,19 +341,14 @@ impl tonic::service::Interceptor for AuthInterceptor {
             );
         }
         if self.needs_on_behalf_of {
-            let present = req.metadata().contains_key(ON_BEHALF_OF);
             match &on_behalf_of {
-                Some(v) if valid_on_behalf_of(v) => {}
-                None if present => {
-                    return deny(
-                        ev,
-                        Status::invalid_argument(format!(
-                            "{ON_BEHALF_OF} must be printable ASCII (1 to 200 characters)"
-                        )),
-                        "malformed on-behalf-of",
-                    );
+                OnBehalfOf::Valid(_) => {}
+                OnBehalfOf::Invalid {
+                    reason, message, ..
+                } => {
+                    return deny(ev, Status::invalid_argument(message.clone()), reason);
                 }
-                _ => {
+                OnBehalfOf::Absent => {
                     return deny(
                         ev,
                         Status::invalid_argument(format!(
@@ -223,7 +365,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
             roles: p.roles.clone(),
             tenants: p.tenants.clone(),
             tls_identity,
-            on_behalf_of,
+            on_behalf_of: match on_behalf_of {
+                OnBehalfOf::Valid(v) => Some(v),
+                _ => None,
+            },
         };
         let ack = self.audit.record_acked(ev);
         if let Some(c) = &ctx {
@@ -231,5 +376,118 @@ impl tonic::service::Interceptor for AuthInterceptor {
         }
         req.extensions_mut().insert(principal);
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(name: &str, id: &str) -> PrincipalConfig {
+        PrincipalConfig {
+            name: name.into(),
+            token_sha256: None,
+            tls_identity: Some(id.into()),
+            roles: vec![Role::Exporter],
+            tenants: None,
+        }
+    }
+
+    fn names(spiffe: &[&str], cn: Option<&str>) -> CertificateNames {
+        CertificateNames {
+            spiffe: spiffe.iter().map(|s| s.to_string()).collect(),
+            cn: cn.map(str::to_owned),
+        }
+    }
+
+    fn who(auth: &Authenticator, n: &CertificateNames) -> Option<(String, String)> {
+        auth.by_certificate(n)
+            .expect("not ambiguous")
+            .map(|(p, id)| (p.name.clone(), id.to_string()))
+    }
+
+    #[test]
+    fn identities_match_only_their_kind_of_name() {
+        let auth = Authenticator::new(&[
+            principal("svc-a", "spiffe://example.org/svc-a"),
+            principal("batch", "cn:legacy-batch"),
+        ]);
+        let a = Some(("svc-a".into(), "spiffe://example.org/svc-a".into()));
+        let batch = Some(("batch".into(), "cn:legacy-batch".into()));
+        assert_eq!(who(&auth, &names(&["spiffe://example.org/svc-a"], None)), a);
+        assert_eq!(
+            who(
+                &auth,
+                &names(
+                    &["spiffe://example.org/other", "spiffe://example.org/svc-a"],
+                    Some("x")
+                )
+            ),
+            a
+        );
+        assert_eq!(who(&auth, &names(&[], Some("legacy-batch"))), batch);
+        // The look-alike: a CN spelling svc-a's id is no URI SAN.
+        assert_eq!(
+            who(&auth, &names(&[], Some("spiffe://example.org/svc-a"))),
+            None
+        );
+        // A URI SAN spelling the CN identity is no CN.
+        assert_eq!(who(&auth, &names(&["cn:legacy-batch"], None)), None);
+        assert_eq!(who(&auth, &names(&[], Some("Legacy-Batch"))), None);
+        // Names of two principals: neither.
+        assert!(
+            auth.by_certificate(&names(
+                &["spiffe://example.org/svc-a"],
+                Some("legacy-batch")
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn presented_identity_is_typed_and_bounded() {
+        assert_eq!(
+            names(&["spiffe://x/a"], Some("cn")).presented().as_deref(),
+            Some("spiffe://x/a")
+        );
+        assert_eq!(
+            names(&[], Some("svc")).presented().as_deref(),
+            Some("cn:svc")
+        );
+        assert_eq!(names(&[], None).presented(), None);
+        let huge = "h".repeat(5000);
+        let p = names(&[], Some(&huge)).presented().expect("noted");
+        assert!(p.starts_with("invalid (5003 bytes) sha256:"), "{p}");
+    }
+
+    #[test]
+    fn on_behalf_of_rules() {
+        assert_eq!(check_on_behalf_of(b"analyst.one"), Ok("analyst.one"));
+        assert_eq!(
+            check_on_behalf_of("a".repeat(200).as_bytes()).map(str::len),
+            Ok(200)
+        );
+        for (value, reason, says) in [
+            (&b""[..], "missing on-behalf-of", "is required"),
+            (b"   ", "missing on-behalf-of", "is required"),
+            (&[b'a'; 201][..], "missing on-behalf-of", "201 characters"),
+            (b"a\tb", "missing on-behalf-of", "U+0009"),
+            (
+                "alice\u{202E}.evil".as_bytes(),
+                "malformed on-behalf-of",
+                "U+202E",
+            ),
+            ("\u{FEFF}bob".as_bytes(), "malformed on-behalf-of", "U+FEFF"),
+            ("jos\u{E9}".as_bytes(), "malformed on-behalf-of", "U+00E9"),
+            (b"\xff\xfe", "malformed on-behalf-of", "not UTF-8"),
+        ] {
+            let (r, m) = check_on_behalf_of(value).expect_err("refused");
+            assert_eq!(r, reason, "{value:?}");
+            assert!(
+                m.starts_with(ON_BEHALF_OF) && m.contains(says),
+                "{value:?}: {m}"
+            );
+            assert!(m.len() <= 200, "{m}");
+        }
     }
 }

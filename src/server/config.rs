@@ -149,8 +149,9 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM file of the private key of `cert`.
     pub key: PathBuf,
-    /// With a client CA, client certificates are checked and their identity
-    /// (SPIFFE URI SAN, else subject CN) can name a principal.
+    /// With a client CA, client certificates are checked and their
+    /// identity (a SPIFFE URI SAN, or a subject CN asked for as such) can
+    /// name a principal.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -167,6 +168,17 @@ pub struct AuditConfig {
     /// Bytes of audit events that may wait while the store cannot write;
     /// when full, new calls are refused (UNAVAILABLE).
     pub max_queued_bytes: u64,
+    /// Refused calls of unauthenticated callers (and calls of unknown
+    /// methods) recorded one by one per peer address at once; more are
+    /// only counted, in `denied_summary` events.
+    pub denied_record_burst: u32,
+    /// How many such records a peer gets back per minute.
+    pub denied_records_per_minute: u32,
+    /// Peer addresses with an allowance of their own; a newcomer beyond
+    /// them shares one with the others.
+    pub denied_record_peers: usize,
+    /// Such records per minute for all peers together (and at once).
+    pub denied_records_per_minute_total: u32,
 }
 
 impl Default for AuditConfig {
@@ -176,6 +188,10 @@ impl Default for AuditConfig {
             checkpoint_file: None,
             checkpoint_key_file: None,
             max_queued_bytes: 64 << 20,
+            denied_record_burst: 20,
+            denied_records_per_minute: 60,
+            denied_record_peers: 4096,
+            denied_records_per_minute_total: 1200,
         }
     }
 }
@@ -209,7 +225,8 @@ pub struct PrincipalConfig {
     pub name: String,
     /// Hex SHA-256 of the bearer token; the token itself is never stored.
     pub token_sha256: Option<String>,
-    /// Client certificate identity that names this principal with mTLS.
+    /// Client certificate identity that names this principal with mTLS:
+    /// `spiffe://...` (a URI SAN) or `cn:NAME` (the subject CN).
     pub tls_identity: Option<String>,
     /// The services this principal may call.
     pub roles: Vec<Role>,
@@ -245,6 +262,99 @@ impl Default for Config {
             principals_file: None,
         }
     }
+}
+
+/// Checks a principal's `tls_identity`: a SPIFFE id, matched against the
+/// certificate's URI SANs, or `cn:NAME`, matched against its subject CN.
+/// The kind is explicit because any certificate of the client CA can carry
+/// any CN: a CN that spells a SPIFFE id must not pass for one.
+fn check_tls_identity(id: &str) -> Result<(), String> {
+    if let Some(name) = id.strip_prefix("cn:") {
+        let lower = name.to_ascii_lowercase();
+        if name.contains("://") || lower.starts_with("spiffe:") {
+            let fix = if lower.starts_with("spiffe://") {
+                format!("write tls_identity = {name:?} to match the certificate's URI SAN")
+            } else {
+                "name the service by its SPIFFE id (\"spiffe://...\", matched against the \
+                 certificate's URI SAN), or by a plain common name"
+                    .to_string()
+            };
+            return Err(format!(
+                "tls_identity {id:?} is a common name that looks like a URI; any \
+                 certificate of the client CA can carry such a CN, so it cannot stand for \
+                 a URI: {fix}"
+            ));
+        }
+        if name.trim().is_empty() || name.trim() != name {
+            return Err(format!(
+                "tls_identity {id:?}: the common name after \"cn:\" must not be empty or \
+                 begin or end with white space"
+            ));
+        }
+        if let Some(c) = super::untrusted::first_hidden_char(name) {
+            return Err(format!(
+                "tls_identity {id:?} contains {}; write the common name without it",
+                super::untrusted::describe_char(c)
+            ));
+        }
+        return Ok(());
+    }
+    if id.starts_with("spiffe://") {
+        return check_spiffe_id(id).map_err(|why| {
+            format!(
+                "tls_identity {id:?} is not a SPIFFE id: {why} (the form is \
+                 spiffe://trust-domain/path)"
+            )
+        });
+    }
+    let shown = if id.is_empty() { "NAME" } else { id };
+    Err(format!(
+        "tls_identity {id:?} does not say what it matches: write \"cn:{shown}\" to match \
+         the certificate's subject common name, or a \"spiffe://trust-domain/path\" id to \
+         match its URI SAN"
+    ))
+}
+
+/// The SPIFFE ID rules (spiffe.io, SPIFFE-ID.md): a lowercase trust
+/// domain, then path segments of letters, digits, '.', '-' and '_', none
+/// empty, "." or "..".
+fn check_spiffe_id(id: &str) -> Result<(), String> {
+    let rest = &id["spiffe://".len()..];
+    if id.len() > 2048 {
+        return Err("longer than 2048 bytes".into());
+    }
+    let (domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if domain.is_empty() {
+        return Err("the trust domain is missing".into());
+    }
+    if let Some(c) = domain
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "the trust domain may hold only lowercase letters, digits, '.', '-' and '_', \
+             not {c:?}"
+        ));
+    }
+    if path.is_empty() {
+        return Ok(());
+    }
+    for seg in path[1..].split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(
+                "a path segment is empty, \".\" or \"..\" (or the path ends with '/')".into(),
+            );
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        {
+            return Err(format!(
+                "the path may hold only letters, digits, '.', '-', '_' and '/', not {c:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// "line L, column C: message" from a TOML error, on one line.
@@ -362,7 +472,27 @@ impl Config {
                 "must be between 256 and 1048576".into(),
             );
         }
+        let mut identities = std::collections::HashMap::new();
         for p in &self.principals {
+            if let Some(id) = &p.tls_identity {
+                if let Err(m) = check_tls_identity(id) {
+                    return v(
+                        "principals.tls_identity",
+                        format!("principal {:?}: {m}", p.name),
+                    );
+                }
+                if let Some(other) = identities.insert(id.as_str(), p.name.as_str()) {
+                    return v(
+                        "principals.tls_identity",
+                        format!(
+                            "principals {other:?} and {:?} have the same tls_identity {id:?}; \
+                             a certificate must name one principal: give each its own \
+                             identity, or merge the two entries",
+                            p.name
+                        ),
+                    );
+                }
+            }
             if p.name.trim().is_empty() {
                 return v("principals.name", "must not be empty".into());
             }
@@ -397,6 +527,30 @@ impl Config {
             return v(
                 "audit.checkpoint_interval_secs",
                 "must be at least 1".into(),
+            );
+        }
+        if !(1..=100_000).contains(&self.audit.denied_record_burst) {
+            return v(
+                "audit.denied_record_burst",
+                "must be between 1 and 100000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.audit.denied_records_per_minute) {
+            return v(
+                "audit.denied_records_per_minute",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.audit.denied_record_peers) {
+            return v(
+                "audit.denied_record_peers",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.audit.denied_records_per_minute_total) {
+            return v(
+                "audit.denied_records_per_minute_total",
+                "must be between 1 and 1000000".into(),
             );
         }
         if !self.listen.ip().is_loopback() && !self.allow_plaintext && self.tls.is_none() {
@@ -495,6 +649,96 @@ mod tests {
         let c = Config::from_toml(text, Path::new("config.example.toml")).unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    fn principal_with_identity(name: &str, id: &str) -> String {
+        format!(
+            "[[principals]]\nname = \"{name}\"\ntls_identity = \"{id}\"\nroles = [\"exporter\"]\n"
+        )
+    }
+
+    #[test]
+    fn tls_identities_must_be_typed() {
+        for id in [
+            "spiffe://example.org/ns/a/sa/b",
+            "spiffe://example.org",
+            "cn:legacy-batch",
+            "cn:Case Management Batch",
+        ] {
+            Config::from_toml(&principal_with_identity("p", id), Path::new("c.toml"))
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+        let refused = |id: &str| {
+            Config::from_toml(&principal_with_identity("svc-x", id), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        // Untyped: the message says what to write instead.
+        let e = refused("legacy-batch");
+        assert!(e.contains("principals.tls_identity"), "{e}");
+        assert!(e.contains("\"svc-x\""), "{e}");
+        assert!(e.contains("\"cn:legacy-batch\""), "{e}");
+        // A CN that spells a URI.
+        let e = refused("cn:spiffe://example.org/svc-a");
+        assert!(e.contains("looks like a URI"), "{e}");
+        assert!(
+            e.contains("write tls_identity = \"spiffe://example.org/svc-a\""),
+            "{e}"
+        );
+        for id in [
+            "cn:SPIFFE:example.org/a",
+            "cn:https://example.org/a",
+            "cn:",
+            "cn: padded",
+            "cn:a\u{202E}b",
+            "spiffe://",
+            "spiffe://Example.org/a",
+            "spiffe://example.org/a/",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/a?b",
+            "SPIFFE://example.org/a",
+            "",
+        ] {
+            let e = refused(id);
+            assert!(
+                e.contains("svc-x") && e.contains("tls_identity"),
+                "{id:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_principals_with_one_identity_are_refused() {
+        let text = format!(
+            "{}{}",
+            principal_with_identity("svc-a", "cn:batch"),
+            principal_with_identity("svc-b", "cn:batch")
+        );
+        let e = Config::from_toml(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"svc-a\" and \"svc-b\" have the same tls_identity \"cn:batch\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn denied_record_limits_are_checked() {
+        for (key, bad) in [
+            ("denied_record_burst", "0"),
+            ("denied_records_per_minute", "0"),
+            ("denied_record_peers", "0"),
+            ("denied_records_per_minute_total", "0"),
+        ] {
+            let e = Config::from_toml(&format!("[audit]\n{key} = {bad}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("audit.{key}")) && e.contains("line 2"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

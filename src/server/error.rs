@@ -112,7 +112,7 @@ pub fn validate_case_id(id: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// Checks a purpose: 1 to 500 characters, no control characters.
+/// Checks a purpose: 1 to 500 characters, no control or format characters.
 pub fn validate_purpose(p: &str) -> Result<(), ExportError> {
     let bad = |why: &str| Err(ExportError::InvalidArgument(format!("purpose {why}")));
     let trimmed = p.trim();
@@ -122,8 +122,18 @@ pub fn validate_purpose(p: &str) -> Result<(), ExportError> {
     if p.chars().count() > 500 {
         return bad("is longer than 500 characters");
     }
-    if p.chars().any(|c| c.is_control()) {
-        return bad("contains control characters");
+    // Format characters (bidi controls, zero-width spaces) would let a
+    // purpose read differently in `audit list` than it is stored.
+    if let Some(c) = super::untrusted::first_hidden_char(p) {
+        let what = if c.is_control() {
+            "control characters"
+        } else {
+            "Unicode format characters (bidi controls, zero-width characters)"
+        };
+        return bad(&format!(
+            "contains {what}, here U+{:04X}: write the purpose without them",
+            c as u32
+        ));
     }
     Ok(())
 }
@@ -158,6 +168,11 @@ mod tests {
         assert!(validate_purpose("   ").is_err());
         assert!(validate_purpose(&"p".repeat(501)).is_err());
         assert!(validate_purpose("a\u{7}").is_err());
+        for hidden in ['\u{202E}', '\u{200B}', '\u{2066}', '\u{2069}', '\u{FEFF}'] {
+            let e = validate_purpose(&format!("TICKET-1{hidden}234")).unwrap_err();
+            let code = format!("U+{:04X}", hidden as u32);
+            assert!(e.to_string().contains(&code), "{e}");
+        }
         validate_purpose("TICKET-1234: subpoena review").unwrap();
         validate_purpose(&"é".repeat(500)).unwrap();
     }

@@ -1,10 +1,14 @@
 //! The tower layer that sees how each call ends: the gRPC status in the
 //! headers (errors before the stream) or trailers, or the response being
 //! dropped before its end (the client went away). It writes exactly one
-//! terminal audit event per call.
+//! terminal audit event per recorded call, and answers (and records) calls
+//! of unknown methods itself.
 
+use super::refusals::RefusalLimiter;
+use super::untrusted::bounded_method;
 use crate::audit::{AuditError, AuditHandle, Event, Kind};
 use http_body::{Body, Frame};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,6 +26,9 @@ pub struct CallInfo {
     pub export_id: Option<String>,
     pub purpose: Option<String>,
     pub denied: bool,
+    /// A refusal over its peer's record rate: the call leaves no events
+    /// (it is counted in a `denied_summary`).
+    pub unrecorded: bool,
     /// Extra fields for the terminal event (JSON object members).
     pub detail: serde_json::Map<String, serde_json::Value>,
 }
@@ -35,6 +42,8 @@ pub struct CallContext {
     pub method: String,
     pub peer: Option<String>,
     pub started_at: String,
+    peer_ip: Option<IpAddr>,
+    refusals: Arc<RefusalLimiter>,
     started: std::time::Instant,
     /// Set once the call's terminal event is queued.
     ended: Arc<std::sync::atomic::AtomicBool>,
@@ -52,13 +61,19 @@ impl std::fmt::Debug for CallContext {
 }
 
 impl CallContext {
-    fn new(method: &str, peer: Option<String>) -> Self {
+    fn new(
+        method: String,
+        peer: Option<std::net::SocketAddr>,
+        refusals: Arc<RefusalLimiter>,
+    ) -> Self {
         let mut id = [0u8; 8];
         let _ = getrandom::getrandom(&mut id);
         Self {
             request_id: hex::encode(id),
-            method: method.to_string(),
-            peer,
+            method,
+            peer: peer.map(|a| a.to_string()),
+            peer_ip: peer.map(|a| a.ip()),
+            refusals,
             started_at: crate::audit::now_rfc3339(),
             started: std::time::Instant::now(),
             ended: Arc::default(),
@@ -75,6 +90,21 @@ impl CallContext {
     /// A copy of what is known so far.
     pub fn info(&self) -> CallInfo {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether this refusal of an unknown caller is recorded one by one:
+    /// takes one record from its peer's allowance, and writes the peer's
+    /// pending summary first. When not, the call leaves no events.
+    pub fn admit_refusal(&self, audit: &AuditHandle) -> bool {
+        let a = self.refusals.admit(self.peer_ip);
+        for summary in a.summaries {
+            audit.record(summary);
+        }
+        if !a.record {
+            self.note(|i| i.unrecorded = true);
+            crate::metrics::metrics().refusals_unrecorded.inc();
+        }
+        a.record
     }
 
     pub(crate) fn set_attempt_ack(&self, rx: Ack) {
@@ -166,7 +196,7 @@ impl OpenCalls {
             .collect();
         let mut n = 0;
         for ctx in calls {
-            if ctx.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            if ctx.ended.swap(true, std::sync::atomic::Ordering::SeqCst) || ctx.info().unrecorded {
                 continue;
             }
             let mut e = ctx.event(Kind::Failed);
@@ -221,6 +251,9 @@ impl Terminal {
                     .observe(self.ctx.started.elapsed().as_secs_f64());
             }
         }
+        if info.unrecorded {
+            return;
+        }
         let mut detail = info.detail;
         detail.insert("started_at".into(), self.ctx.started_at.clone().into());
         e.detail = Some(serde_json::Value::Object(detail).to_string());
@@ -256,11 +289,47 @@ fn caller_error_for_undecodable_request(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The methods of this crate's services (a test holds the list to the
+/// proto files). Every other path, but those of the health and reflection
+/// services, is an unknown method.
+const KNOWN_METHODS: &[&str] = &[
+    "/case_export.v1.ExportService/ExportCase",
+    "/case_export.v1.AuditService/ListEvents",
+    "/case_export.v1.AuditService/VerifyLog",
+];
+
+/// Services that need no credentials and are not recorded: probes and
+/// tools (grpcurl) use them, and they reveal nothing of the cases.
+const UNAUDITED_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// How the layer treats a request path.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Audited,
+    Unaudited,
+    Unknown,
+}
+
+fn route(path: &str) -> Route {
+    if KNOWN_METHODS.contains(&path) {
+        Route::Audited
+    } else if UNAUDITED_SERVICES.iter().any(|s| path.starts_with(s)) {
+        Route::Unaudited
+    } else {
+        Route::Unknown
+    }
+}
+
 /// Adds audit end events to the calls of this crate's services.
 #[derive(Clone)]
 pub struct AuditLayer {
     pub audit: AuditHandle,
     pub open: OpenCalls,
+    pub refusals: Arc<RefusalLimiter>,
 }
 
 impl<S> tower::Layer<S> for AuditLayer {
@@ -270,6 +339,7 @@ impl<S> tower::Layer<S> for AuditLayer {
             inner,
             audit: self.audit.clone(),
             open: self.open.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -280,9 +350,10 @@ pub struct AuditService<S> {
     inner: S,
     audit: AuditHandle,
     open: OpenCalls,
+    refusals: Arc<RefusalLimiter>,
 }
 
-fn peer_of<B>(req: &http::Request<B>) -> Option<String> {
+fn peer_of<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
     let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
         .and_then(|c| c.remote_addr())
@@ -290,7 +361,34 @@ fn peer_of<B>(req: &http::Request<B>) -> Option<String> {
             ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|c| c.get_ref().remote_addr())
         })
-        .map(|a| a.to_string())
+}
+
+impl<S> AuditService<S> {
+    /// Answers a call of an unknown method with UNIMPLEMENTED, without
+    /// credentials (there is nothing to authorize), and records it as any
+    /// refusal of an unknown caller: `attempt` and `failed`, the path
+    /// bounded, at the peer's record rate.
+    fn unknown_method<B>(&self, req: &http::Request<B>) -> http::Response<()> {
+        let ctx = CallContext::new(
+            bounded_method(req.uri().path()),
+            peer_of(req),
+            self.refusals.clone(),
+        );
+        if ctx.admit_refusal(&self.audit) {
+            let mut attempt = ctx.event(Kind::Attempt);
+            attempt.detail = Some(serde_json::json!({ "reason": "unknown method" }).to_string());
+            self.audit.record(attempt);
+            let mut end = ctx.event(Kind::Failed);
+            end.code = Some(code_name(Code::Unimplemented).to_string());
+            end.detail = Some(serde_json::json!({ "started_at": ctx.started_at }).to_string());
+            self.audit.record(end);
+        }
+        tonic::Status::unimplemented(
+            "unknown method: this server offers case_export.v1.ExportService/ExportCase \
+             and case_export.v1.AuditService/ListEvents and VerifyLog",
+        )
+        .into_http()
+    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
@@ -310,18 +408,32 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_string();
-        if !path.starts_with("/case_export.") {
-            let fut = self.inner.call(req);
-            return Box::pin(async move {
-                fut.await.map(|r| {
-                    r.map(|b| AuditBody {
-                        inner: b,
-                        terminal: None,
+        match route(&path) {
+            Route::Audited => {}
+            Route::Unaudited => {
+                let fut = self.inner.call(req);
+                return Box::pin(async move {
+                    fut.await.map(|r| {
+                        r.map(|b| AuditBody {
+                            inner: Some(b),
+                            terminal: None,
+                        })
                     })
-                })
-            });
+                });
+            }
+            Route::Unknown => {
+                // The body is made when the future is polled: the future
+                // then holds only the (Send) status response.
+                let resp = self.unknown_method(&req);
+                return Box::pin(async move {
+                    Ok(resp.map(|()| AuditBody {
+                        inner: None,
+                        terminal: None,
+                    }))
+                });
+            }
         }
-        let ctx = CallContext::new(&path, peer_of(&req));
+        let ctx = CallContext::new(path, peer_of(&req), self.refusals.clone());
         req.extensions_mut().insert(ctx.clone());
         self.open.insert(&ctx);
         let mut terminal = Terminal {
@@ -338,12 +450,12 @@ where
             if let Some(code) = status_of(resp.headers()) {
                 terminal.finish(Some(code));
                 return Ok(resp.map(|b| AuditBody {
-                    inner: b,
+                    inner: Some(b),
                     terminal: None,
                 }));
             }
             Ok(resp.map(|b| AuditBody {
-                inner: b,
+                inner: Some(b),
                 terminal: Some(terminal),
             }))
         })
@@ -351,9 +463,10 @@ where
 }
 
 /// A response body that records the call's end from its trailers, or its
-/// cancellation when dropped first.
+/// cancellation when dropped first. Without an inner body it is empty (the
+/// status is in the headers).
 pub struct AuditBody<B> {
-    inner: B,
+    inner: Option<B>,
     terminal: Option<Terminal>,
 }
 
@@ -366,7 +479,10 @@ impl<B: Body + Unpin> Body for AuditBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Some(t) = this.terminal.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -383,10 +499,64 @@ impl<B: Body + Unpin> Body for AuditBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rpc of the proto files is a known method, and nothing else.
+    #[test]
+    fn known_methods_are_the_rpcs_of_the_proto_files() {
+        let mut from_proto = Vec::new();
+        for text in [
+            include_str!("../../proto/case_export/v1/export.proto"),
+            include_str!("../../proto/case_export/v1/audit.proto"),
+        ] {
+            let mut service = "";
+            for line in text.lines().map(str::trim) {
+                if let Some(rest) = line.strip_prefix("service ") {
+                    service = rest.split_whitespace().next().unwrap_or("");
+                } else if let Some(rest) = line.strip_prefix("rpc ") {
+                    let name = rest.split('(').next().unwrap_or("").trim();
+                    from_proto.push(format!("/case_export.v1.{service}/{name}"));
+                }
+            }
+        }
+        from_proto.sort();
+        let mut known: Vec<String> = KNOWN_METHODS.iter().map(|m| m.to_string()).collect();
+        known.sort();
+        assert_eq!(known, from_proto);
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("/case_export.v1.ExportService/ExportCase"),
+            Route::Audited
+        );
+        assert_eq!(route("/grpc.health.v1.Health/Check"), Route::Unaudited);
+        assert_eq!(
+            route("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Route::Unaudited
+        );
+        for p in [
+            "/case_export.v1.ExportService/Exportcase",
+            "/case_export.v1.ExportService/ExportCase/x",
+            "/case_export.v2.ExportService/ExportCase",
+            "/other.Service/Method",
+            "/grpc.health.v1.Healthy/Check",
+            "/",
+        ] {
+            assert_eq!(route(p), Route::Unknown, "{p}");
+        }
     }
 }

@@ -8,7 +8,9 @@ mod config;
 mod error;
 mod layer;
 mod probes;
+mod refusals;
 mod service;
+mod untrusted;
 
 pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
 pub use config::{
@@ -286,10 +288,18 @@ pub async fn serve_on(
         });
     };
     let open_calls = layer::OpenCalls::default();
+    let refusals = Arc::new(refusals::RefusalLimiter::new(
+        config.audit.denied_record_burst,
+        config.audit.denied_records_per_minute,
+        config.audit.denied_record_peers,
+        config.audit.denied_records_per_minute_total,
+    ));
+    let summaries = tokio::spawn(refusals::write_summaries(refusals.clone(), audit.clone()));
     let server = builder
         .layer(layer::AuditLayer {
             audit: audit.clone(),
             open: open_calls.clone(),
+            refusals: refusals.clone(),
         })
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -323,6 +333,10 @@ pub async fn serve_on(
             calls = ended,
             "calls still open at exit recorded as failed (UNAVAILABLE)"
         );
+    }
+    summaries.abort();
+    for e in refusals.drain_summaries() {
+        audit.record(e);
     }
     monitor.abort();
     for t in [metrics_task, health_task].into_iter().flatten() {
