@@ -91,53 +91,113 @@ pub fn verify_log(
             .push("audit_meta holds a malformed log id".into());
         return Ok(v);
     }
-    let mut prev = genesis_hash(&log_id);
-    let mut expected = 1u64;
-    let mut hashes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut open: BTreeMap<String, (u64, Option<String>, Option<String>)> = BTreeMap::new();
-    let mut ended: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut chain = ChainWalk::new(genesis_hash(&log_id));
+    let mut calls = CallTracker::default();
     let mut st = conn
         .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
         .map_err(db_err)?;
     let mut rows = st.query([]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         let (seq, e, kind, prev_hex, hash_hex) = read_event(r).map_err(db_err)?;
+        chain.step(seq, &e, &kind, &prev_hex, hash_hex, &mut v);
+        calls.see(seq, &e);
+    }
+    check_checkpoints(&mut v, &chain.hashes, checkpoints, public_key);
+    v.unterminated = calls.unterminated();
+    Ok(v)
+}
+
+/// Recomputes the chain event by event; the first problem is kept.
+struct ChainWalk {
+    prev: [u8; 32],
+    expected: u64,
+    /// Stored hash (hex) by sequence number, for the checkpoints.
+    hashes: BTreeMap<u64, String>,
+}
+
+impl ChainWalk {
+    fn new(genesis: [u8; 32]) -> Self {
+        Self {
+            prev: genesis,
+            expected: 1,
+            hashes: BTreeMap::new(),
+        }
+    }
+
+    fn step(
+        &mut self,
+        seq: u64,
+        e: &Event,
+        kind: &str,
+        prev_hex: &str,
+        hash_hex: String,
+        v: &mut Verification,
+    ) {
         v.events += 1;
-        if v.problems.is_empty() {
-            if seq != expected {
-                v.problems.push(if seq > expected {
-                    format!("gap: sequence numbers {expected}..{} are missing", seq - 1)
-                } else {
-                    format!("sequence number {seq} repeats or goes back")
-                });
-            } else if Kind::parse(&kind).is_none() {
-                v.problems
-                    .push(format!("event {seq}: unknown kind {kind:?}"));
-            } else if prev_hex != hex::encode(prev) {
-                v.problems.push(format!(
-                    "event {seq}: previous-hash does not match event {}",
-                    seq - 1
-                ));
-            } else if hash_hex != hex::encode(event_hash(seq, &prev, &e)) {
-                v.problems.push(format!(
-                    "event {seq}: contents do not match its hash (altered)"
-                ));
-            }
+        if v.problems.is_empty()
+            && let Some(p) = self.problem(seq, e, kind, prev_hex, &hash_hex)
+        {
+            v.problems.push(p);
         }
         let mut h = [0u8; 32];
         if hex::decode_to_slice(&hash_hex, &mut h).is_ok() {
-            prev = h;
+            self.prev = h;
         }
-        expected = seq + 1;
+        self.expected = seq + 1;
         v.last_seq = seq;
-        hashes.insert(seq, hash_hex.clone());
+        self.hashes.insert(seq, hash_hex.clone());
         v.head_hash = hash_hex;
+    }
+
+    fn problem(
+        &self,
+        seq: u64,
+        e: &Event,
+        kind: &str,
+        prev_hex: &str,
+        hash_hex: &str,
+    ) -> Option<String> {
+        let expected = self.expected;
+        if seq != expected {
+            Some(if seq > expected {
+                format!("gap: sequence numbers {expected}..{} are missing", seq - 1)
+            } else {
+                format!("sequence number {seq} repeats or goes back")
+            })
+        } else if Kind::parse(kind).is_none() {
+            Some(format!("event {seq}: unknown kind {kind:?}"))
+        } else if prev_hex != hex::encode(self.prev) {
+            Some(format!(
+                "event {seq}: previous-hash does not match event {}",
+                seq - 1
+            ))
+        } else if hash_hex != hex::encode(event_hash(seq, &self.prev, e)) {
+            Some(format!(
+                "event {seq}: contents do not match its hash (altered)"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Calls that started and have not ended (yet).
+#[derive(Default)]
+struct CallTracker {
+    /// By request id: first seq, case id, export id.
+    open: BTreeMap<String, (u64, Option<String>, Option<String>)>,
+    ended: std::collections::BTreeSet<String>,
+}
+
+impl CallTracker {
+    fn see(&mut self, seq: u64, e: &Event) {
         match e.kind {
             // A custody record can land after the call's end when the client
             // left just before the key: it does not reopen the call.
-            Kind::Attempt | Kind::Started | Kind::Sealed if ended.contains(&e.request_id) => {}
+            Kind::Attempt | Kind::Started | Kind::Sealed if self.ended.contains(&e.request_id) => {}
             Kind::Attempt | Kind::Started | Kind::Sealed => {
-                let entry = open
+                let entry = self
+                    .open
                     .entry(e.request_id.clone())
                     .or_insert((seq, None, None));
                 if e.case_id.is_some() {
@@ -148,8 +208,8 @@ pub fn verify_log(
                 }
             }
             Kind::Completed | Kind::Cancelled | Kind::Failed | Kind::Denied => {
-                open.remove(&e.request_id);
-                ended.insert(e.request_id.clone());
+                self.open.remove(&e.request_id);
+                self.ended.insert(e.request_id.clone());
             }
             // Not calls: a start, a trail's first event, and the count of
             // refused calls that were not recorded one by one (they have no
@@ -157,6 +217,25 @@ pub fn verify_log(
             Kind::ServerStart | Kind::TrailStart | Kind::DeniedSummary => {}
         }
     }
+
+    fn unterminated(self) -> Vec<(u64, String, Option<String>, Option<String>)> {
+        let mut u: Vec<_> = self
+            .open
+            .into_iter()
+            .map(|(rid, (seq, case, export))| (seq, rid, case, export))
+            .collect();
+        u.sort();
+        u
+    }
+}
+
+/// Holds each checkpoint to the walked chain.
+fn check_checkpoints(
+    v: &mut Verification,
+    hashes: &BTreeMap<u64, String>,
+    checkpoints: &[Checkpoint],
+    public_key: Option<&str>,
+) {
     for c in checkpoints {
         // A checkpoint of another log means this is not the log that was
         // anchored (rebuilt or replaced).
@@ -192,12 +271,6 @@ pub fn verify_log(
             v.checkpoints_ok += 1;
         }
     }
-    v.unterminated = open
-        .into_iter()
-        .map(|(rid, (seq, case, export))| (seq, rid, case, export))
-        .collect();
-    v.unterminated.sort();
-    Ok(v)
 }
 
 /// An RFC 3339 time in the form SQLite's date functions read.
