@@ -32,6 +32,11 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     /// Audit batch commits that failed (the events stay queued and are retried).
     pub audit_write_failures: Counter,
+    /// Connections open now, per listener (`grpc`, `health`, `metrics`).
+    pub connections_open: Family<Labels, Gauge>,
+    /// Connections closed by the server before serving them, per listener
+    /// and reason (`over_cap`: `max_connections` reached; `handshake_timeout`).
+    pub connections_rejected: Family<Labels, Counter>,
 }
 
 /// The process-wide metrics.
@@ -50,6 +55,8 @@ pub fn metrics() -> &'static Metrics {
             snapshot_bytes_held: Gauge::default(),
             audit_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             audit_write_failures: Counter::default(),
+            connections_open: Family::default(),
+            connections_rejected: Family::default(),
         };
         r.register(
             "exports_started",
@@ -96,6 +103,16 @@ pub fn metrics() -> &'static Metrics {
             "Audit batch commits that failed (events kept and retried)",
             m.audit_write_failures.clone(),
         );
+        r.register(
+            "connections_open",
+            "Connections open now, per listener",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed before being served: over max_connections, or handshake not done within handshake_timeout_secs",
+            m.connections_rejected.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m
     })
@@ -109,6 +126,23 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &r);
         out
+    }
+
+    /// The open-connections gauge of one listener.
+    pub fn connections_open(&self, listener: &str) -> Gauge {
+        self.connections_open
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .clone()
+    }
+
+    /// Counts one connection closed before it was served.
+    pub fn connection_rejected(&self, listener: &str, reason: &str) {
+        self.connections_rejected
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
     }
 
     /// Counts one finished export call.

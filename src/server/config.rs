@@ -93,6 +93,25 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
     /// Exports allowed to run at once; more get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// Exports one principal may run at once, unless its entry sets
+    /// `max_in_flight`; more get RESOURCE_EXHAUSTED.
+    pub max_in_flight_per_principal: usize,
+    /// Longest time one export may take from its call to its key; over it
+    /// the stream ends with DEADLINE_EXCEEDED (a shorter `grpc-timeout`
+    /// from the caller wins).
+    pub export_deadline_secs: u64,
+    /// Longest time one message of a stream may wait for a client that does
+    /// not read; over it the stream ends with DEADLINE_EXCEEDED.
+    pub send_timeout_secs: u64,
+    /// Time a new connection has to finish its TLS and HTTP/2 handshake (on
+    /// the metrics listener: to send its request head); then it is closed.
+    pub handshake_timeout_secs: u64,
+    /// Connections each listener keeps open at once; more are closed as
+    /// they are accepted.
+    pub max_connections: usize,
+    /// Most events one `ListEvents` call returns; a caller pages on with
+    /// `after_seq`.
+    pub audit_list_max_events: u64,
     /// Bytes of snapshots (and their stream buffers) all exports together
     /// may hold; an export waits for room, then gets RESOURCE_EXHAUSTED.
     pub memory_budget_bytes: u64,
@@ -211,6 +230,10 @@ pub struct PrincipalConfig {
     pub roles: Vec<Role>,
     /// When set, only cases of these tenants are visible.
     pub tenants: Option<Vec<String>>,
+    /// Exports this principal may run at once; unset:
+    /// `max_in_flight_per_principal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for Config {
@@ -222,6 +245,12 @@ impl Default for Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_snapshot_bytes: 1 << 30,
             max_in_flight: 8,
+            max_in_flight_per_principal: 4,
+            export_deadline_secs: 3600,
+            send_timeout_secs: 60,
+            handshake_timeout_secs: 10,
+            max_connections: 1024,
+            audit_list_max_events: 10_000,
             memory_budget_bytes: 4 << 30,
             budget_wait_ms: 10_000,
             seal_workers: 0,
@@ -346,6 +375,21 @@ impl Config {
         if self.max_in_flight == 0 {
             return v("max_in_flight", "must be at least 1".into());
         }
+        for (key, value) in [
+            (
+                "max_in_flight_per_principal",
+                self.max_in_flight_per_principal as u64,
+            ),
+            ("export_deadline_secs", self.export_deadline_secs),
+            ("send_timeout_secs", self.send_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("audit_list_max_events", self.audit_list_max_events),
+        ] {
+            if value == 0 {
+                return v(key, "must be at least 1".into());
+            }
+        }
         if self.channel_depth == 0 {
             return v("channel_depth", "must be at least 1".into());
         }
@@ -371,6 +415,12 @@ impl Config {
                         "principal {:?}: must be 64 hex digits (SHA-256 of the token)",
                         p.name
                     ),
+                );
+            }
+            if p.max_in_flight == Some(0) {
+                return v(
+                    "principals.max_in_flight",
+                    format!("principal {:?}: must be at least 1", p.name),
                 );
             }
             if p.token_sha256.is_none() && p.tls_identity.is_none() {
@@ -428,6 +478,21 @@ impl Config {
     /// The busy timeout as a duration.
     pub fn busy_timeout(&self) -> Duration {
         Duration::from_millis(self.busy_timeout_ms)
+    }
+
+    /// The export deadline as a duration.
+    pub fn export_deadline(&self) -> Duration {
+        Duration::from_secs(self.export_deadline_secs)
+    }
+
+    /// The per-message send timeout as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
+    }
+
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 
     /// The shutdown grace period as a duration.
