@@ -42,26 +42,32 @@ pub async fn serve_metrics(
     let limit = super::conn::ConnLimit::new("metrics", st.config.max_connections);
     let head_timeout = st.config.handshake_timeout();
     loop {
-        tokio::select! {
-            acc = listener.accept() => {
-                let Ok((stream, _)) = acc else { continue };
-                let Some(slot) = limit.try_take() else { continue };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let r = respond(&st, req.uri().path());
-                        async move { Ok::<_, Infallible>(r) }
-                    });
-                    // hyper enforces the head timeout only with a timer.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(head_timeout)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let accepted = tokio::select! {
+            acc = listener.accept() => acc,
             _ = stop.wait_for(|v| *v) => return,
-        }
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of file descriptors, most likely: let some close.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(slot) = limit.try_take() else {
+            continue;
+        };
+        let st = st.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let r = respond(&st, req.uri().path());
+                    async move { Ok::<_, Infallible>(r) }
+                });
+            // hyper enforces the head timeout only with a timer.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
