@@ -56,6 +56,16 @@ async fn read_batch(conn: Connection, filter: ListFilter) -> Result<(Connection,
     .map_err(unavailable)?
 }
 
+/// Fail closed, as for exports: the trail is read only once the read's
+/// own attempt is on record (and so is every event queued before it).
+async fn attempt_on_record(ctx: Option<&CallContext>) -> Result<(), Status> {
+    let Some(ctx) = ctx else { return Ok(()) };
+    ctx.attempt_committed().await.map(|_| ()).map_err(|e| {
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "attempt not recorded; audit read refused");
+        Status::unavailable("the audit store cannot record this call, so nothing was read; retry later")
+    })
+}
+
 fn read_error(e: AuditError) -> Status {
     match e {
         AuditError::BadFilter(m) => Status::invalid_argument(m),
@@ -94,6 +104,7 @@ impl AuditService for AuditSvc {
         request: Request<ListEventsRequest>,
     ) -> Result<Response<Self::ListEventsStream>, Status> {
         let ctx = request.extensions().get::<CallContext>().cloned();
+        attempt_on_record(ctx.as_ref()).await?;
         let r = request.into_inner();
         let page = match r.limit {
             0 => self.max_events,
@@ -172,8 +183,9 @@ impl AuditService for AuditSvc {
 
     async fn verify_log(
         &self,
-        _request: Request<VerifyLogRequest>,
+        request: Request<VerifyLogRequest>,
     ) -> Result<Response<VerifyLogResponse>, Status> {
+        attempt_on_record(request.extensions().get::<CallContext>()).await?;
         let path = self.audit_db.clone();
         let v = tokio::task::spawn_blocking(move || {
             let conn = open_log_read_only(&path)?;

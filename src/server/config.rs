@@ -272,9 +272,48 @@ impl Default for Config {
     }
 }
 
+/// Letters to change to turn `a` into `b` (Levenshtein distance).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`, ..." lists every
+/// key of the table, too many to read on one line at the top level: keep
+/// short lists, else name the closest key or where the keys are listed.
+fn shorten_unknown_field(msg: String) -> String {
+    let Some((head, list)) = msg.split_once(", expected one of ") else {
+        return msg;
+    };
+    let keys: Vec<&str> = list.split(", ").map(|k| k.trim_matches('`')).collect();
+    if keys.len() <= 8 {
+        return msg;
+    }
+    let unknown = head.rsplit('`').nth(1).unwrap_or("");
+    let closest = keys
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match closest {
+        Some((_, k)) => format!("{head}; did you mean `{k}`?"),
+        None => format!("{head}; deploy/config.example.toml lists every key"),
+    }
+}
+
 /// "line L, column C: message" from a TOML error, on one line.
 fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().replace('\n', " ");
+    let msg = shorten_unknown_field(e.message().trim().replace('\n', " "));
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -515,6 +554,27 @@ mod tests {
         .to_string();
         assert!(err.contains("chunk_sise"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_suggests_the_closest() {
+        let err = Config::from_toml("chunk_sise = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `chunk_size`?"), "{err}");
+        assert!(err.len() < 200, "{err}");
+        let err = Config::from_toml("zzzzzzzzzzzz = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.example.toml lists every key"), "{err}");
+        // A short list (a small table) is kept as it is.
+        let err = Config::from_toml(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected one of"), "{err}");
     }
 
     #[test]

@@ -356,8 +356,8 @@ fn produce(out: &mut Outbox, job: Job) -> Result<(), End> {
 type Item = Result<ExportCaseResponse, Status>;
 
 /// The response stream. Its queue is shared (weakly) with the producer,
-/// which empties it when the export fails: a client that stopped reading
-/// then holds no sealed chunks, only the final status.
+/// which empties it when the export ends past a deadline: a client that
+/// stopped reading then holds no sealed chunks, only the final status.
 pub struct ExportStream(Arc<Mutex<mpsc::Receiver<Item>>>);
 
 impl tokio_stream::Stream for ExportStream {
@@ -437,15 +437,18 @@ impl Outbox {
     /// for room as `send` does.
     ///
     /// The call's end is recorded now, not when the status reaches the
-    /// client: a client that stopped reading may never take it. The chunks
-    /// still queued are dropped; they belong to a failed export.
+    /// client: a client that stopped reading may never take it. Past a
+    /// deadline the client is not reading, so the chunks still queued for
+    /// it are dropped rather than held until it reads or leaves; otherwise
+    /// it gets them, then the status.
     fn fail(&mut self, e: ExportError) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let stalled = matches!(e, ExportError::DeadlineExceeded(_));
         let s = Status::from(e);
         self.ctx.end_failed(&self.audit, s.code(), s.message());
-        if let Some(queue) = self.queue.upgrade() {
+        if stalled && let Some(queue) = self.queue.upgrade() {
             let mut rx = queue.lock().unwrap_or_else(|p| p.into_inner());
             while rx.try_recv().is_ok() {}
         }
