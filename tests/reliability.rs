@@ -1,8 +1,10 @@
 //! Faults and load against a real server on 127.0.0.1:0: clients that leave
 //! at each point of a stream, a source held by writers, a source that goes
 //! missing or corrupt, slow readers, shutdown with exports in flight, a
-//! burst of calls and connections, the memory budget, and the process
-//! limits of the real binary.
+//! burst of calls and connections, the memory budget, the process limits
+//! of the real binary, clients that stall or never speak (send timeouts,
+//! export deadlines, per-principal caps, handshake timeouts, the
+//! connection cap), and exports cut by shutdown before their header.
 //!
 //! Every wait is bounded; no assertion is about how long something takes.
 //! Orderings are proven by states that cannot be reached otherwise (a
