@@ -828,6 +828,7 @@ fn principal() -> PrincipalConfig {
         tls_identity: None,
         roles: vec![Role::Exporter],
         tenants: None,
+        max_in_flight: None,
     }
 }
 
@@ -1844,7 +1845,12 @@ fn load_section(r: &mut Report, env: &Env, opts: &Opts) {
     // A: throughput and latency.
     {
         wait_quiet();
-        let srv = ChildServer::spawn(env, &db.path, "max_in_flight = 32");
+        // All clients are one principal: its own cap must not be the limit.
+        let srv = ChildServer::spawn(
+            env,
+            &db.path,
+            "max_in_flight = 32\nmax_in_flight_per_principal = 32",
+        );
         let base = srv.status_bytes("VmHWM");
         let url = srv.url.clone();
         let ids = Arc::new(db.case_ids.clone());

@@ -39,6 +39,11 @@ pub struct Metrics {
     /// Refused calls of unknown callers over their peer's record rate,
     /// counted in `denied_summary` events instead of recorded one by one.
     pub refusals_unrecorded: Counter,
+    /// Connections open now, per listener (`grpc`, `health`, `metrics`).
+    pub connections_open: Family<Labels, Gauge>,
+    /// Connections closed by the server before serving them, per listener
+    /// and reason (`over_cap`: `max_connections` reached; `handshake_timeout`).
+    pub connections_rejected: Family<Labels, Counter>,
 }
 
 /// The process-wide metrics.
@@ -60,6 +65,8 @@ pub fn metrics() -> &'static Metrics {
             audit_trail_mismatches: Counter::default(),
             audit_events_refused: Counter::default(),
             refusals_unrecorded: Counter::default(),
+            connections_open: Family::default(),
+            connections_rejected: Family::default(),
         };
         r.register(
             "exports_started",
@@ -121,6 +128,16 @@ pub fn metrics() -> &'static Metrics {
             "Refused calls of unknown callers not recorded one by one (over the peer's record rate; counted in denied_summary events)",
             m.refusals_unrecorded.clone(),
         );
+        r.register(
+            "connections_open",
+            "Connections open now, per listener",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed before being served: over max_connections, or handshake not done within handshake_timeout_secs",
+            m.connections_rejected.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m
     })
@@ -134,6 +151,23 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &r);
         out
+    }
+
+    /// The open-connections gauge of one listener.
+    pub fn connections_open(&self, listener: &str) -> Gauge {
+        self.connections_open
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .clone()
+    }
+
+    /// Counts one connection closed before it was served.
+    pub fn connection_rejected(&self, listener: &str, reason: &str) {
+        self.connections_rejected
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
     }
 
     /// Counts one finished export call.

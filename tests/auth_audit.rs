@@ -72,6 +72,7 @@ fn principal(name: &str, token: Option<&str>, roles: &[Role]) -> PrincipalConfig
         tls_identity: None,
         roles: roles.to_vec(),
         tenants: None,
+        max_in_flight: None,
     }
 }
 

@@ -250,6 +250,44 @@ fn systemd_unit_is_hardened_and_matches_paths() {
     assert!(stop > Config::default().shutdown_grace_secs);
 }
 
+/// Descriptors the server needs besides its connections (databases,
+/// listeners, runtime); the server's own check uses the same reserve.
+const FD_RESERVE: u64 = 256;
+
+#[test]
+fn file_limits_leave_room_for_the_connection_cap() {
+    // systemd: enough for every listener full, with the default cap.
+    let u = read("deploy/systemd/case-export.service");
+    let nofile: u64 = u
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE");
+    let d = Config::default();
+    assert!(
+        nofile >= 3 * d.max_connections as u64 + FD_RESERVE,
+        "LimitNOFILE={nofile} is below 3 x max_connections + {FD_RESERVE}"
+    );
+    // Kubernetes cannot set it: the image's config names its cap, and the
+    // manifest says where the limit comes from.
+    let c = container_config();
+    assert!(
+        read("deploy/container.toml")
+            .contains(&format!("\nmax_connections = {}", c.max_connections)),
+        "deploy/container.toml sets max_connections explicitly"
+    );
+    let s = read("deploy/k8s/statefulset.yaml");
+    let note: String = s
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        note.contains("file-descriptor limit") && note.contains("max_connections"),
+        "statefulset.yaml explains the file-descriptor limit"
+    );
+}
+
 #[test]
 fn systemd_analyze_verifies_the_unit() {
     let Ok(out) = std::process::Command::new("systemd-analyze")

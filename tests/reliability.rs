@@ -1,8 +1,10 @@
 //! Faults and load against a real server on 127.0.0.1:0: clients that leave
 //! at each point of a stream, a source held by writers, a source that goes
 //! missing or corrupt, slow readers, shutdown with exports in flight, a
-//! burst of calls and connections, the memory budget, and the process
-//! limits of the real binary.
+//! burst of calls and connections, the memory budget, the process limits
+//! of the real binary, clients that stall or never speak (send timeouts,
+//! export deadlines, per-principal caps, handshake timeouts, the
+//! connection cap), and exports cut by shutdown before their header.
 //!
 //! Every wait is bounded; no assertion is about how long something takes.
 //! Orderings are proven by states that cannot be reached otherwise (a
@@ -642,6 +644,7 @@ async fn shutdown_with_ten_exports_in_flight_ends_each_on_record() {
     let mut server = start_server_with(&big_seed(), |c| {
         stall_prone(c);
         c.max_in_flight = 10;
+        c.max_in_flight_per_principal = 10;
         c.shutdown_grace_secs = 1;
     })
     .await;
@@ -1143,4 +1146,645 @@ async fn binary_view_and_open_disable_core_dumps() {
         assert!(stdout.contains(&receipt.export_id), "{cmd}: {stdout}");
     }
     assert!(dir.path().join("case.db").exists(), "open wrote its file");
+}
+
+// ---------------------------------------------------------------------------
+// 9. Slow, stuck and idle clients cannot hold the service: send timeouts,
+//    export deadlines, per-principal caps, handshake timeouts, the
+//    connection cap, and the metrics listener's request-head timeout.
+
+/// Bearer token of a second exporter principal, `batch`.
+const BATCH_TOKEN: &str = "batch-exporter-token-0c4be2a9f1d7e35b";
+
+fn batch_principal(max_in_flight: Option<usize>) -> case_export::server::PrincipalConfig {
+    use sha2::Digest;
+    case_export::server::PrincipalConfig {
+        name: "batch".into(),
+        token_sha256: Some(hex::encode(sha2::Sha256::digest(BATCH_TOKEN.as_bytes()))),
+        max_in_flight,
+        ..test_principal()
+    }
+}
+
+/// `authed` for the `batch` principal.
+fn authed_batch<T>(message: T) -> tonic::Request<T> {
+    let mut r = authed(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {BATCH_TOKEN}")
+            .parse()
+            .expect("ascii token"),
+    );
+    r
+}
+
+/// Starts an export on its own small-window connection and never reads:
+/// the server's producer soon waits on the client.
+async fn unread_export(
+    url: &str,
+    request: tonic::Request<ExportCaseRequest>,
+) -> (
+    case_export::pb::export_service_client::ExportServiceClient<tonic::transport::Channel>,
+    Streaming<ExportCaseResponse>,
+) {
+    let mut raw = raw_client_small_window(url).await;
+    let stream = raw
+        .export_case(request)
+        .await
+        .expect("export starts")
+        .into_inner();
+    (raw, stream)
+}
+
+/// Reads a stream to its end: chunks read, whether a key came, and the
+/// status it ended with (`None`: a clean end).
+async fn read_to_end(stream: &mut Streaming<ExportCaseResponse>) -> (u64, bool, Option<Status>) {
+    let (mut chunks, mut key) = (0, false);
+    loop {
+        match within("the rest of the stream", BOUND, stream.message()).await {
+            Ok(Some(m)) => match m.message {
+                Some(Msg::Chunk(_)) => chunks += 1,
+                Some(Msg::Key(_)) => key = true,
+                Some(Msg::Header(_)) => {}
+                None => panic!("a message without its oneof"),
+            },
+            Ok(None) => return (chunks, key, None),
+            Err(s) => return (chunks, key, Some(s)),
+        }
+    }
+}
+
+/// Waits for the terminal event of the only call that exported `case_id`
+/// and returns that call's events.
+async fn case_call_events(audit_db: &Path, case_id: &str) -> Vec<Event> {
+    eventually("the call's terminal audit event", DEADLINE, || async {
+        let all = audit_events(audit_db);
+        let Some(rid) = all
+            .iter()
+            .find(|e| e.kind == Kind::Started && e.case_id.as_deref() == Some(case_id))
+            .map(|e| e.request_id.clone())
+        else {
+            return Err("no started event yet".into());
+        };
+        let evs: Vec<Event> = all.into_iter().filter(|e| e.request_id == rid).collect();
+        if evs.iter().any(|e| e.kind.is_terminal()) {
+            Ok(evs)
+        } else {
+            Err(format!("events so far: {:?}", kinds(&evs)))
+        }
+    })
+    .await
+}
+
+fn detail_of(e: &Event) -> serde_json::Value {
+    serde_json::from_str(e.detail.as_deref().unwrap_or("{}")).expect("detail is JSON")
+}
+
+/// Checks a call ended on record as `failed DEADLINE_EXCEEDED` before any
+/// custody record (so no key), for the reason named by `key`.
+#[track_caller]
+fn assert_deadline_end(evs: &[Event], key: &str) {
+    assert_eq!(
+        kinds(evs),
+        [Kind::Attempt, Kind::Started, Kind::Failed],
+        "{evs:#?}"
+    );
+    let end = evs.last().expect("terminal event");
+    assert_eq!(end.code.as_deref(), Some("DEADLINE_EXCEEDED"));
+    let reason = detail_of(end)["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        reason.contains(key),
+        "reason {reason:?} does not name {key}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_reader_is_ended_by_the_send_timeout_and_gives_back_slot_and_memory() {
+    let server = start_server_with(&big_seed(), |c| {
+        stall_prone(c);
+        // Room for many chunks between producer and network: they are
+        // dropped when the export fails, not left for the client.
+        c.channel_depth = 32;
+        c.max_in_flight = 1;
+        c.send_timeout_secs = 1;
+        with_metrics(c);
+    })
+    .await;
+    let audit_db = server.config.audit_db.clone();
+    let stuck_case = server.case_ids[0].clone();
+    let (raw, mut stuck) = unread_export(&server.url, authed(request(&stuck_case))).await;
+
+    // The call ends on record while its client still holds the stream.
+    let evs = case_call_events(&audit_db, &stuck_case).await;
+    assert_deadline_end(&evs, "send_timeout_secs");
+    // Its slot and its memory are back: with one slot, another export runs.
+    eventually("the budget is empty", DEADLINE, || async {
+        match bytes_held(&server).await {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes held")),
+        }
+    })
+    .await;
+    good_export_eventually(&server.url, &server.case_ids[1]).await;
+
+    // Reading on, the client gets what was on the wire, then the status;
+    // never the key.
+    let (chunks, key, status) = read_to_end(&mut stuck).await;
+    assert!(!key, "a stuck export delivered its key");
+    let s = status.expect("the stream ends with an error status");
+    assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+    assert!(s.message().contains("send_timeout_secs"), "{s:?}");
+    // What the 64 KiB window held, not the 32 queued chunks as well.
+    assert!(
+        chunks < 32,
+        "the queued chunks were not dropped: {chunks} read"
+    );
+    drop(stuck);
+    drop(raw);
+    // Its end is on record once: the client's leaving adds nothing.
+    assert_trail_intact(&audit_db).await;
+    let evs = case_call_events(&audit_db, &stuck_case).await;
+    assert_eq!(evs.iter().filter(|e| e.kind.is_terminal()).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_deadline_and_a_shorter_grpc_timeout_end_a_stalled_export() {
+    let server = start_server_with(&big_seed(), |c| {
+        stall_prone(c);
+        c.max_in_flight = 1;
+        c.export_deadline_secs = 4;
+        with_metrics(c);
+    })
+    .await;
+    let audit_db = server.config.audit_db.clone();
+
+    // The caller asks for less than the server allows: its deadline wins.
+    let mut req = authed(request(&server.case_ids[0]));
+    req.set_timeout(Duration::from_secs(2));
+    let (raw, mut stuck) = unread_export(&server.url, req).await;
+    let evs = case_call_events(&audit_db, &server.case_ids[0]).await;
+    assert_deadline_end(&evs, "grpc-timeout");
+    let (_, key, status) = read_to_end(&mut stuck).await;
+    assert!(!key);
+    assert_eq!(status.expect("error status").code(), Code::DeadlineExceeded);
+    drop((stuck, raw));
+
+    // Without one, the server's deadline ends it.
+    let (raw, mut stuck) = unread_export(&server.url, authed(request(&server.case_ids[1]))).await;
+    let evs = case_call_events(&audit_db, &server.case_ids[1]).await;
+    assert_deadline_end(&evs, "export_deadline_secs");
+    let (_, key, status) = read_to_end(&mut stuck).await;
+    assert!(!key);
+    let s = status.expect("error status");
+    assert_eq!(s.code(), Code::DeadlineExceeded);
+    assert!(s.message().contains("export_deadline_secs"), "{s:?}");
+    drop((stuck, raw));
+
+    eventually("the budget is empty", DEADLINE, || async {
+        match bytes_held(&server).await {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes held")),
+        }
+    })
+    .await;
+    good_export_eventually(&server.url, &server.case_ids[2]).await;
+    assert_trail_intact(&audit_db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principal_cannot_take_every_export_slot() {
+    let server = start_server_with(&big_seed(), |c| {
+        stall_prone(c);
+        c.max_in_flight = 8;
+        c.max_in_flight_per_principal = 2;
+        c.principals.push(batch_principal(Some(1)));
+    })
+    .await;
+    let ids = &server.case_ids;
+    let per_principal = |s: &Status, name: &str, limit: usize| {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(
+            s.message().contains(&format!("principal \"{name}\"")),
+            "{s:?}"
+        );
+        assert!(
+            s.message().contains(&format!("its limit is {limit}")),
+            "{s:?}"
+        );
+        assert!(s.message().contains("retry later"), "{s:?}");
+    };
+
+    // The default cap: two stalled exports, the third is refused.
+    let a1 = unread_export(&server.url, authed(request(&ids[0]))).await;
+    let _a2 = unread_export(&server.url, authed(request(&ids[1]))).await;
+    let s = within("a third export", BOUND, refused(&server.url, &ids[2])).await;
+    per_principal(&s, "integration-tests", 2);
+
+    // Another principal is not held up by it, up to its own cap of one.
+    let mut enc = Vec::new();
+    let mut batch_client = case_export::client::ExportClient::connect_with(
+        &server.url,
+        case_export::client::ClientOptions {
+            token: Some(zeroize::Zeroizing::new(BATCH_TOKEN.to_string())),
+            on_behalf_of: Some(ANALYST.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let receipt = batch_client
+        .export_case(&ids[3], PURPOSE, &mut enc, |_, _| {})
+        .await
+        .expect("the other principal exports while the first is at its cap");
+    verify_receipt(&enc, &receipt);
+    let _b1 = unread_export(&server.url, authed_batch(request(&ids[3]))).await;
+    let s = match raw_client(&server.url)
+        .await
+        .export_case(authed_batch(request(&ids[2])))
+        .await
+    {
+        Ok(_) => panic!("a second export of `batch` was accepted"),
+        Err(s) => s,
+    };
+    per_principal(&s, "batch", 1);
+
+    // A slot given back is the principal's again.
+    drop(a1);
+    good_export_eventually(&server.url, &ids[2]).await;
+}
+
+/// Reads until the server closes the socket: it must send nothing first
+/// (a closed connection reads as its end, or as a reset).
+async fn assert_closed_without_answer(what: &str, mut s: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    match within(what, BOUND, s.read_to_end(&mut got)).await {
+        Ok(_) => assert!(got.is_empty(), "{what}: the server answered {got:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}"),
+    }
+}
+
+async fn connect(addr: SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn rejected(server: &TestServer, listener: &str, reason: &str) -> f64 {
+    metric(
+        server,
+        "case_export_connections_rejected_total",
+        &[("listener", listener), ("reason", reason)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_finish_the_handshake_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_server(|c| {
+        c.handshake_timeout_secs = 1;
+        c.health_listen = Some(free_loopback_addr());
+        with_metrics(c);
+    })
+    .await;
+    let health = server.config.health_listen.expect("health listener");
+    wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
+    let before = rejected(&server, "grpc", "handshake_timeout").await;
+
+    let silent = connect(server.addr).await;
+    let mut half = connect(server.addr).await;
+    half.write_all(&PREFACE[..10])
+        .await
+        .expect("half a preface");
+    let silent_health = connect(health).await;
+    assert_closed_without_answer("a silent socket", silent).await;
+    assert_closed_without_answer("half a preface", half).await;
+    assert_closed_without_answer("a silent health socket", silent_health).await;
+    let after = rejected(&server, "grpc", "handshake_timeout").await;
+    assert!(after >= before + 2.0, "{before} -> {after}");
+
+    // The server went on serving throughout.
+    good_export_eventually(&server.url, &server.case_ids[0]).await;
+    wait_export_health(
+        &format!("http://{health}"),
+        ServingStatus::Serving,
+        DEADLINE,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sockets_that_never_finish_tls_or_http2_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("self-signed certificate");
+    let cert_pem = cert.cert.pem();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, &cert_pem).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let server = start_server(|c| {
+        c.handshake_timeout_secs = 1;
+        c.tls = Some(case_export::server::TlsConfig {
+            cert: cert_path,
+            key: key_path,
+            client_ca: None,
+        });
+    })
+    .await;
+
+    // No TLS at all.
+    assert_closed_without_answer("a silent socket", connect(server.addr).await).await;
+
+    // TLS done, then nothing: closed all the same.
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert.cert.der().clone())
+        .expect("trust the test certificate");
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let mut s = connector
+        .connect(
+            "localhost".try_into().expect("server name"),
+            connect(server.addr).await,
+        )
+        .await
+        .expect("the TLS handshake completes");
+    let mut got = Vec::new();
+    match within(
+        "a TLS socket without HTTP/2",
+        BOUND,
+        s.read_to_end(&mut got),
+    )
+    .await
+    {
+        Ok(_) => assert!(got.is_empty(), "the server answered {got:?}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+    }
+
+    // A real client over TLS is served.
+    let mut c = case_export::client::ExportClient::connect_with(
+        &format!("https://localhost:{}", server.addr.port()),
+        case_export::client::ClientOptions {
+            token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
+            on_behalf_of: Some(ANALYST.to_string()),
+            ca_pem: Some(cert_pem.into_bytes()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("TLS connect");
+    let mut enc = Vec::new();
+    let receipt = c
+        .export_case(&server.case_ids[0], PURPOSE, &mut enc, |_, _| {})
+        .await
+        .expect("export over TLS");
+    verify_receipt(&enc, &receipt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_and_the_others_keep_working() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start_server(|c| {
+        c.max_connections = 3;
+        with_metrics(c);
+    })
+    .await;
+    let before = rejected(&server, "grpc", "over_cap").await;
+    // One connection of the library client, busy with a real export.
+    let mut held_client = client(&server.url).await;
+    let mut enc = Vec::new();
+    held_client
+        .export_case(&server.case_ids[0], PURPOSE, &mut enc, |_, _| {})
+        .await
+        .expect("first export");
+    // Two more that sent the preface: the server answers each with its
+    // SETTINGS, so they are being served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(server.addr).await;
+        s.write_all(PREFACE).await.expect("preface");
+        let mut frame_header = [0u8; 9];
+        within(
+            "the server's SETTINGS",
+            BOUND,
+            s.read_exact(&mut frame_header),
+        )
+        .await
+        .expect("a frame from the server");
+        assert_eq!(frame_header[3], 0x4, "a SETTINGS frame");
+        held.push(s);
+    }
+
+    // The fourth is closed as it is accepted, and counted.
+    let mut over = connect(server.addr).await;
+    let _ = over.write_all(PREFACE).await;
+    assert_closed_without_answer("a connection over the cap", over).await;
+    let after = rejected(&server, "grpc", "over_cap").await;
+    assert!(after >= before + 1.0, "{before} -> {after}");
+
+    // The connections already open keep working.
+    let mut enc = Vec::new();
+    let receipt = held_client
+        .export_case(&server.case_ids[1], PURPOSE, &mut enc, |_, _| {})
+        .await
+        .expect("an export on a connection opened before the cap was reached");
+    verify_receipt(&enc, &receipt);
+
+    // Below the cap again, new connections are served.
+    drop(held.pop());
+    eventually("a new connection", DEADLINE, || async {
+        let mut enc = Vec::new();
+        let mut c = case_export::client::ExportClient::connect_with(
+            &server.url,
+            case_export::client::ClientOptions {
+                token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
+                on_behalf_of: Some(ANALYST.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        c.export_case(&server.case_ids[2], PURPOSE, &mut enc, |_, _| {})
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listener_closes_a_stalled_request_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start_server(|c| {
+        c.handshake_timeout_secs = 1;
+        with_metrics(c);
+    })
+    .await;
+    let addr = metrics_addr(&server);
+    eventually("a metrics scrape", DEADLINE, || scrape_metrics(addr)).await;
+
+    // Half a request line, then nothing: closed after the timeout, with
+    // no metrics given out.
+    let mut half = connect(addr).await;
+    half.write_all(b"GET /metr").await.expect("half a request");
+    let mut got = Vec::new();
+    let _ = within("a stalled request head", BOUND, half.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(" 200 "), "answered: {text:?}");
+    assert_closed_without_answer("a silent metrics socket", connect(addr).await).await;
+
+    // The listener serves on.
+    eventually("a metrics scrape", DEADLINE, || scrape_metrics(addr)).await;
+}
+
+// ---------------------------------------------------------------------------
+// 10. A stream ended by shutdown before its header never looks complete.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_whose_snapshot_outlasts_the_grace_period_end_unavailable() {
+    const WAITING: usize = 8;
+    let db = seeded_db(&SeedOptions {
+        cases: 9,
+        ..big_seed()
+    });
+    {
+        let c = Connection::open(&db.path).expect("open");
+        let mode: String = c
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .expect("rollback journal");
+        assert_eq!(mode, "delete");
+    }
+    let path = db.path.clone();
+    let mut config = test_config(db.path.clone(), db.dir.path());
+    stall_prone(&mut config);
+    config.max_in_flight = WAITING + 1;
+    config.max_in_flight_per_principal = WAITING + 1;
+    config.busy_timeout_ms = 60_000;
+    config.shutdown_grace_secs = 1;
+    let mut server = spawn_server(config, db.dir, db.case_ids).await;
+    let audit_db = server.config.audit_db.clone();
+    let ids = server.case_ids.clone();
+
+    // A witness of the grace period's end: an export whose client never
+    // reads. Its producer is ended (and recorded) when the grace is over.
+    let witness = unread_export(&server.url, authed(request(&ids[WAITING]))).await;
+    eventually("the witness started", DEADLINE, || async {
+        let started = audit_events(&audit_db)
+            .iter()
+            .any(|e| e.kind == Kind::Started && e.case_id.as_deref() == Some(&ids[WAITING]));
+        started.then_some(()).ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+
+    // Exports whose snapshot waits on a writer's lock past the grace period.
+    let writer = Connection::open(&path).expect("writer");
+    writer
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("exclusive lock");
+    let mut waiting = tokio::task::JoinSet::new();
+    for case_id in ids[..WAITING].iter().cloned() {
+        let url = server.url.clone();
+        waiting.spawn(async move {
+            let mut raw = raw_client(&url).await;
+            match raw.export_case(authed(request(&case_id))).await {
+                Ok(r) => {
+                    let mut stream = r.into_inner();
+                    let mut header = false;
+                    let (chunks, key, status) = loop {
+                        match stream.message().await {
+                            Ok(Some(m)) => {
+                                if let Some(Msg::Header(_)) = m.message {
+                                    header = true;
+                                    continue;
+                                }
+                                let (c, k, s) = read_to_end(&mut stream).await;
+                                break (c + 1, k, s);
+                            }
+                            Ok(None) => break (0, false, None),
+                            Err(s) => break (0, false, Some(s)),
+                        }
+                    };
+                    (case_id, header, chunks, key, status)
+                }
+                Err(s) => (case_id, false, 0, false, Some(s)),
+            }
+        });
+    }
+    eventually("every waiting export started", DEADLINE, || async {
+        let n = audit_events(&audit_db)
+            .iter()
+            .filter(|e| e.kind == Kind::Started)
+            .count();
+        (n == WAITING + 1)
+            .then_some(())
+            .ok_or_else(|| format!("{n} started"))
+    })
+    .await;
+
+    server.trigger_shutdown();
+    // The witness ended: the grace period is over.
+    let evs = case_call_events(&audit_db, &ids[WAITING]).await;
+    assert_eq!(
+        evs.last().and_then(|e| e.code.as_deref()),
+        Some("UNAVAILABLE"),
+        "{evs:#?}"
+    );
+    writer.execute_batch("ROLLBACK").expect("release the lock");
+
+    let mut endings = Vec::new();
+    while let Some(r) = within("the waiting exports", BOUND, waiting.join_next()).await {
+        endings.push(r.expect("export task"));
+    }
+    drop(witness);
+    within("the server after shutdown", BOUND, &mut server.join)
+        .await
+        .expect("server task")
+        .expect("serve_on returns Ok");
+    let all = audit_events(&audit_db);
+    for (case_id, header, chunks, key, status) in endings {
+        let what = format!("{case_id}: header {header}, {chunks} chunks, key {key}");
+        assert!(!key, "{what}: an export after the grace period got its key");
+        let s = status.unwrap_or_else(|| panic!("{what}: the stream ended OK without a key"));
+        assert_eq!(s.code(), Code::Unavailable, "{what}: {s:?}");
+        assert!(s.message().contains("shutting down"), "{what}: {s:?}");
+        let rid = all
+            .iter()
+            .find(|e| e.kind == Kind::Started && e.case_id.as_deref() == Some(&case_id))
+            .map(|e| e.request_id.clone())
+            .expect("started event");
+        let terminal: Vec<&Event> = all
+            .iter()
+            .filter(|e| e.request_id == rid && e.kind.is_terminal())
+            .collect();
+        assert_eq!(terminal.len(), 1, "{what}: {terminal:#?}");
+        assert_eq!(
+            (terminal[0].kind, terminal[0].code.as_deref()),
+            (Kind::Failed, Some("UNAVAILABLE")),
+            "{what}"
+        );
+        assert!(
+            !all.iter()
+                .any(|e| e.request_id == rid && e.kind == Kind::Sealed),
+            "{what}: sealed"
+        );
+    }
+    assert_trail_intact(&audit_db).await;
 }

@@ -305,6 +305,8 @@ pub struct ListFilter {
     pub since: Option<String>,
     /// RFC 3339; events before.
     pub until: Option<String>,
+    /// Only events after this sequence number (paging).
+    pub after_seq: Option<u64>,
     /// At most this many events; all when `None`.
     pub limit: Option<u64>,
     /// For an auditor limited to tenants: only what it may see.
@@ -379,6 +381,10 @@ pub fn list_events(
     if let Some(p) = &f.principal {
         sql.push_str(" AND principal = ?");
         args.push(Value::Text(p.clone()));
+    }
+    if let Some(s) = f.after_seq {
+        sql.push_str(" AND seq > ?");
+        args.push(Value::Integer(i64::try_from(s).unwrap_or(i64::MAX)));
     }
     // Compared as instants, whatever the fraction digits of either side.
     if let Some(s) = &f.since {

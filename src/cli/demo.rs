@@ -98,6 +98,7 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
             tls_identity: None,
             roles: vec![Role::Exporter, Role::Auditor],
             tenants: None,
+            max_in_flight: None,
         }],
         ..Config::default()
     };

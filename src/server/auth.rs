@@ -390,6 +390,7 @@ mod tests {
             tls_identity: Some(id.into()),
             roles: vec![Role::Exporter],
             tenants: None,
+            max_in_flight: None,
         }
     }
 

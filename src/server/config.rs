@@ -93,6 +93,25 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
     /// Exports allowed to run at once; more get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// Exports one principal may run at once, unless its entry sets
+    /// `max_in_flight`; more get RESOURCE_EXHAUSTED.
+    pub max_in_flight_per_principal: usize,
+    /// Longest time one export may take from its call to its key; over it
+    /// the stream ends with DEADLINE_EXCEEDED (a shorter `grpc-timeout`
+    /// from the caller wins).
+    pub export_deadline_secs: u64,
+    /// Longest time one message of a stream may wait for a client that does
+    /// not read; over it the stream ends with DEADLINE_EXCEEDED.
+    pub send_timeout_secs: u64,
+    /// Time a new connection has to finish its TLS and HTTP/2 handshake (on
+    /// the metrics listener: to send its request head); then it is closed.
+    pub handshake_timeout_secs: u64,
+    /// Connections each listener keeps open at once; more are closed as
+    /// they are accepted.
+    pub max_connections: usize,
+    /// Most events one `ListEvents` call returns; a caller pages on with
+    /// `after_seq`.
+    pub audit_list_max_events: u64,
     /// Bytes of snapshots (and their stream buffers) all exports together
     /// may hold; an export waits for room, then gets RESOURCE_EXHAUSTED.
     pub memory_budget_bytes: u64,
@@ -232,6 +251,10 @@ pub struct PrincipalConfig {
     pub roles: Vec<Role>,
     /// When set, only cases of these tenants are visible.
     pub tenants: Option<Vec<String>>,
+    /// Exports this principal may run at once; unset:
+    /// `max_in_flight_per_principal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for Config {
@@ -243,6 +266,12 @@ impl Default for Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_snapshot_bytes: 1 << 30,
             max_in_flight: 8,
+            max_in_flight_per_principal: 4,
+            export_deadline_secs: 3600,
+            send_timeout_secs: 60,
+            handshake_timeout_secs: 10,
+            max_connections: 1024,
+            audit_list_max_events: 10_000,
             memory_budget_bytes: 4 << 30,
             budget_wait_ms: 10_000,
             seal_workers: 0,
@@ -357,9 +386,48 @@ fn check_spiffe_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Letters to change to turn `a` into `b` (Levenshtein distance).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`, ..." lists every
+/// key of the table, too many to read on one line at the top level: keep
+/// short lists, else name the closest key or where the keys are listed.
+fn shorten_unknown_field(msg: String) -> String {
+    let Some((head, list)) = msg.split_once(", expected one of ") else {
+        return msg;
+    };
+    let keys: Vec<&str> = list.split(", ").map(|k| k.trim_matches('`')).collect();
+    if keys.len() <= 8 {
+        return msg;
+    }
+    let unknown = head.rsplit('`').nth(1).unwrap_or("");
+    let closest = keys
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match closest {
+        Some((_, k)) => format!("{head}; did you mean `{k}`?"),
+        None => format!("{head}; deploy/config.example.toml lists every key"),
+    }
+}
+
 /// "line L, column C: message" from a TOML error, on one line.
 fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().replace('\n', " ");
+    let msg = shorten_unknown_field(e.message().trim().replace('\n', " "));
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -460,6 +528,21 @@ impl Config {
         if self.max_in_flight == 0 {
             return v("max_in_flight", "must be at least 1".into());
         }
+        for (key, value) in [
+            (
+                "max_in_flight_per_principal",
+                self.max_in_flight_per_principal as u64,
+            ),
+            ("export_deadline_secs", self.export_deadline_secs),
+            ("send_timeout_secs", self.send_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("audit_list_max_events", self.audit_list_max_events),
+        ] {
+            if value == 0 {
+                return v(key, "must be at least 1".into());
+            }
+        }
         if self.channel_depth == 0 {
             return v("channel_depth", "must be at least 1".into());
         }
@@ -505,6 +588,12 @@ impl Config {
                         "principal {:?}: must be 64 hex digits (SHA-256 of the token)",
                         p.name
                     ),
+                );
+            }
+            if p.max_in_flight == Some(0) {
+                return v(
+                    "principals.max_in_flight",
+                    format!("principal {:?}: must be at least 1", p.name),
                 );
             }
             if p.token_sha256.is_none() && p.tls_identity.is_none() {
@@ -594,6 +683,21 @@ impl Config {
         Duration::from_millis(self.busy_timeout_ms)
     }
 
+    /// The export deadline as a duration.
+    pub fn export_deadline(&self) -> Duration {
+        Duration::from_secs(self.export_deadline_secs)
+    }
+
+    /// The per-message send timeout as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
+    }
+
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
     /// The shutdown grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
@@ -614,6 +718,27 @@ mod tests {
         .to_string();
         assert!(err.contains("chunk_sise"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_suggests_the_closest() {
+        let err = Config::from_toml("chunk_sise = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `chunk_size`?"), "{err}");
+        assert!(err.len() < 200, "{err}");
+        let err = Config::from_toml("zzzzzzzzzzzz = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.example.toml lists every key"), "{err}");
+        // A short list (a small table) is kept as it is.
+        let err = Config::from_toml(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected one of"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,14 @@ pub enum ExportError {
     #[error("{0}")]
     TooLarge(String),
     /// Too many exports in flight.
-    #[error("too many exports in flight (limit {0}); retry later")]
+    #[error("too many exports in flight on this server (limit {0}); retry later")]
     Exhausted(usize),
+    /// The caller's principal has its own cap of exports in flight.
+    #[error("too many exports in flight for principal {0:?} (its limit is {1}); retry later")]
+    PrincipalExhausted(String, usize),
+    /// The export's deadline or a send timeout passed; says which.
+    #[error("export ended: {0}")]
+    DeadlineExceeded(String),
     /// No room in the memory budget within the wait.
     #[error("the server's memory budget for exports is in use; retry later")]
     MemoryBusy,
@@ -42,7 +48,10 @@ impl ExportError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound => Code::NotFound,
             Self::TooLarge(_) => Code::FailedPrecondition,
-            Self::Exhausted(_) | Self::MemoryBusy => Code::ResourceExhausted,
+            Self::Exhausted(_) | Self::PrincipalExhausted(..) | Self::MemoryBusy => {
+                Code::ResourceExhausted
+            }
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::SourceUnavailable(_) | Self::ShuttingDown | Self::AuditUnavailable => {
                 Code::Unavailable
             }

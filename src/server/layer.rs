@@ -120,6 +120,27 @@ impl CallContext {
         }
     }
 
+    /// Records the call's end now as `failed` with `code`, for a handler
+    /// that ends its stream with an error the client may never read (it
+    /// stopped reading). The status reaching the client later, or the
+    /// client leaving, writes nothing more. False if the call had ended.
+    pub fn end_failed(&self, audit: &AuditHandle, code: Code, reason: &str) -> bool {
+        if self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let mut e = self.event(Kind::Failed);
+        e.code = Some(code_name(code).to_string());
+        let mut detail = self.info().detail;
+        detail.insert("started_at".into(), self.started_at.clone().into());
+        detail.insert("reason".into(), reason.into());
+        e.detail = Some(serde_json::Value::Object(detail).to_string());
+        audit.record(e);
+        if self.method.ends_with("/ExportCase") {
+            crate::metrics::metrics().finished(Kind::Failed.as_str(), code_name(code));
+        }
+        true
+    }
+
     /// An event of `kind` carrying what is known of this call.
     pub fn event(&self, kind: Kind) -> Event {
         let i = self.info();

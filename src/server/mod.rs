@@ -5,11 +5,13 @@ mod audit_svc;
 mod auth;
 mod budget;
 mod config;
+mod conn;
 mod error;
 mod layer;
 mod probes;
 mod refusals;
 mod service;
+mod slots;
 mod untrusted;
 
 pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
@@ -35,9 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 /// Shared by every call.
@@ -51,6 +51,8 @@ pub(crate) struct ServerState {
     pub hard_stop_rx: watch::Receiver<bool>,
     pub audit: AuditHandle,
     pub budget: Arc<budget::MemoryBudget>,
+    /// Exports in flight per principal.
+    pub principal_slots: slots::PrincipalSlots,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -79,26 +81,6 @@ pub enum ServeError {
     Setup(String),
 }
 
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path)
-        .map_err(|e| ServeError::Setup(format!("cannot read {what} {}: {e}", path.display())))
-}
-
-fn tls_config(t: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
-    let identity = Identity::from_pem(
-        read_pem(&t.cert, "TLS certificate")?,
-        read_pem(&t.key, "TLS key")?,
-    );
-    let mut tls = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &t.client_ca {
-        // Optional: callers may still authenticate with a token instead.
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?))
-            .client_auth_optional(true);
-    }
-    Ok(tls)
-}
-
 fn instance_id(config: &Config) -> String {
     if !config.instance_id.is_empty() {
         return config.instance_id.clone();
@@ -124,16 +106,14 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    // TLS material is checked before anything is recorded or served.
-    let mut builder = Server::builder();
-    if let Some(tls) = config.tls.as_ref().map(tls_config).transpose()? {
-        builder = builder.tls_config(tls).map_err(|e| {
-            ServeError::Setup(format!(
-                "invalid TLS configuration: {}",
-                crate::client::error_chain(&e)
-            ))
-        })?;
-    }
+    // TLS material is checked before anything is recorded or served. The
+    // handshake runs in `conn`, under the handshake deadline.
+    let tls = config.tls.as_ref().map(conn::tls_acceptor).transpose()?;
+    let builder = Server::builder();
+    let listeners = 1
+        + usize::from(config.health_listen.is_some())
+        + usize::from(config.metrics_listen.is_some());
+    conn::ensure_fd_limit(config.max_connections, listeners);
     let signer = config
         .audit
         .checkpoint_key_file
@@ -178,6 +158,7 @@ pub async fn serve_on(
         hard_stop_rx,
         audit: audit.clone(),
         budget: budget::MemoryBudget::new(config.memory_budget_bytes),
+        principal_slots: slots::PrincipalSlots::new(&config),
     });
     let authn = Arc::new(Authenticator::new(&config.principals));
     if config.principals.is_empty() {
@@ -215,6 +196,9 @@ pub async fn serve_on(
         AuditServiceServer::new(AuditSvc {
             audit_db: config.audit_db.clone(),
             principals: Arc::new(config.principals.clone()),
+            max_events: config.audit_list_max_events,
+            send_timeout: config.send_timeout(),
+            audit: audit.clone(),
         })
         .max_decoding_message_size(config.max_request_bytes),
         AuthInterceptor {
@@ -249,10 +233,16 @@ pub async fn serve_on(
                 tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
             );
             let mut stop = stop_rx.clone();
+            let incoming = conn::incoming(
+                l,
+                conn::ConnLimit::new("health", config.max_connections),
+                config.handshake_timeout(),
+                conn::plain,
+            );
             Some(tokio::spawn(async move {
                 let _ = Server::builder()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|v| *v).await;
                     })
                     .await;
@@ -315,15 +305,30 @@ pub async fn serve_on(
     if let Some(a) = local {
         info!(addr = %a, "case-export listening");
     }
-    let serving = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    tokio::pin!(serving);
-    tokio::select! {
-        r = &mut serving => r?,
-        // Backstop: once draining, exit at grace + 5 s whatever holds on.
-        _ = async {
-            let _ = stop_rx.wait_for(|v| *v).await;
-            tokio::time::sleep(grace + Duration::from_secs(5)).await;
-        } => warn!("connections still open after the grace period; exiting"),
+    let limit = conn::ConnLimit::new("grpc", config.max_connections);
+    let handshake = config.handshake_timeout();
+    // Backstop: once draining, exit at grace + 5 s whatever holds on.
+    let backstop = async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+        tokio::time::sleep(grace + Duration::from_secs(5)).await;
+    };
+    match tls {
+        Some(acceptor) => {
+            let incoming = conn::incoming(listener, limit, handshake, conn::tls(acceptor));
+            until_backstop(
+                server.serve_with_incoming_shutdown(incoming, signal),
+                backstop,
+            )
+            .await?
+        }
+        None => {
+            let incoming = conn::incoming(listener, limit, handshake, conn::plain);
+            until_backstop(
+                server.serve_with_incoming_shutdown(incoming, signal),
+                backstop,
+            )
+            .await?
+        }
     }
     // Calls whose clients still hold their streams get their end now, so
     // the trail never shows an export that simply stopped.
@@ -345,6 +350,18 @@ pub async fn serve_on(
     drop(state);
     writer.shutdown();
     info!("server stopped");
+    Ok(())
+}
+
+/// Serves until the server stops, or until `backstop` if that comes first.
+async fn until_backstop(
+    serving: impl Future<Output = Result<(), tonic::transport::Error>>,
+    backstop: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tokio::select! {
+        r = serving => r?,
+        _ = backstop => warn!("connections still open after the grace period; exiting"),
+    }
     Ok(())
 }
 

@@ -31,28 +31,43 @@ fn respond(st: &ServerState, path: &str) -> http::Response<Full<Bytes>> {
     r
 }
 
-/// Serves `/metrics` until `stop` turns true.
+/// Serves `/metrics` until `stop` turns true. A connection must send its
+/// request head within the handshake timeout, and at most
+/// `max_connections` are open at once.
 pub async fn serve_metrics(
     listener: TcpListener,
     st: Arc<ServerState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limit = super::conn::ConnLimit::new("metrics", st.config.max_connections);
+    let head_timeout = st.config.handshake_timeout();
     loop {
-        tokio::select! {
-            acc = listener.accept() => {
-                let Ok((stream, _)) = acc else { continue };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let r = respond(&st, req.uri().path());
-                        async move { Ok::<_, Infallible>(r) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let accepted = tokio::select! {
+            acc = listener.accept() => acc,
             _ = stop.wait_for(|v| *v) => return,
-        }
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of file descriptors, most likely: let some close.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(slot) = limit.try_take() else {
+            continue;
+        };
+        let st = st.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let r = respond(&st, req.uri().path());
+                    async move { Ok::<_, Infallible>(r) }
+                });
+            // hyper enforces the head timeout only with a timer.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }

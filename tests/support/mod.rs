@@ -35,6 +35,7 @@ pub fn test_principal() -> PrincipalConfig {
         tls_identity: None,
         roles: vec![Role::Exporter],
         tenants: None,
+        max_in_flight: None,
     }
 }
 
