@@ -2,11 +2,11 @@
 //! or atomically into a directory, checking order and digest as it goes,
 //! and hands back the key once in a type that zeroizes and never prints.
 
+use crate::contract::{ON_BEHALF_OF, file_name_for};
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::export_service_client::ExportServiceClient;
 use crate::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey};
 use crate::seal::{CHUNK_HEADER_LEN, MAX_CHUNK_SIZE, SecretKey, token_len};
-use crate::server::file_name_for;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -293,7 +293,7 @@ impl ExportClient {
                         .into(),
                 )
             })?;
-            r.metadata_mut().insert(crate::server::ON_BEHALF_OF, v);
+            r.metadata_mut().insert(ON_BEHALF_OF, v);
         }
         Ok(r)
     }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod client;
+pub mod contract;
 pub mod metrics;
 pub mod pb;
 pub mod seal;

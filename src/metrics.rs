@@ -1,5 +1,6 @@
-//! Prometheus metrics: one process-wide registry, served in the text
-//! exposition format at `/metrics` on `metrics_listen`.
+//! Prometheus metrics: one registry per server (two servers in one process
+//! keep separate counts), served in the text exposition format at
+//! `/metrics` on `metrics_listen`.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -46,10 +47,9 @@ pub struct Metrics {
     pub connections_rejected: Family<Labels, Counter>,
 }
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(|| {
+impl Metrics {
+    /// A fresh set of metrics with its own registry.
+    pub fn new() -> Arc<Self> {
         let mut r = Registry::with_prefix("case_export");
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
@@ -139,11 +139,9 @@ pub fn metrics() -> &'static Metrics {
             m.connections_rejected.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
-        m
-    })
-}
+        Arc::new(m)
+    }
 
-impl Metrics {
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

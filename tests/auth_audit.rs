@@ -2133,6 +2133,18 @@ async fn tenant_limited_auditors_read_only_their_tenants_events() {
     srv.stop().await;
 }
 
+/// The `/metrics` page of a server (plain HTTP/1.0).
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.expect("read");
+    page
+}
+
 /// A server restarted on a trail with an event forged after its last clean
 /// stop refuses the trail: health NOT_SERVING, exports UNAVAILABLE with no
 /// key, and the metric counts it. Restored from a copy, the trail serves.
@@ -2167,14 +2179,26 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     .expect("forge");
     drop(conn);
 
-    let before = case_export::metrics::metrics().audit_trail_mismatches.get();
-    let srv = Srv::start(config.clone()).await;
+    // This server's own metrics: a fresh registry, so the count starts at 0.
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut refused_config = config.clone();
+    refused_config.metrics_listen = Some(metrics_addr);
+    let srv = Srv::start(refused_config).await;
     wait_health(&srv.url, ServingStatus::NotServing).await;
     let refused = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
     let status = refused.status.expect("refused");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(refused.header.is_none() && !refused.key);
-    assert!(case_export::metrics::metrics().audit_trail_mismatches.get() > before);
+    let scraped = scrape(metrics_addr).await;
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l == "case_export_audit_trail_mismatches_total 1"),
+        "{scraped}"
+    );
     srv.stop().await;
     // Nothing was appended after the forgery.
     let v = verify_log(

@@ -10,6 +10,7 @@ use super::chain::Head;
 use super::checkpoint::{Checkpoint, CheckpointSigner};
 use super::integrity::{self, TrailMismatch};
 use super::store::{AuditError, append, init, open_rw};
+use crate::metrics::Metrics;
 use rusqlite::Connection;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub struct WriterConfig {
     /// Bytes of events that may wait for the store; past this, new events
     /// are refused and the server refuses new calls.
     pub max_queued_bytes: u64,
+    /// The server's metrics, which count writes, failures and refusals.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for WriterConfig {
@@ -49,6 +52,7 @@ impl Default for WriterConfig {
             file: None,
             signer: None,
             max_queued_bytes: 64 << 20,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -71,6 +75,7 @@ pub struct AuditHandle {
     /// Bytes of events sent to the writer and not yet written or dropped.
     queued: Arc<AtomicU64>,
     max_queued: u64,
+    metrics: Arc<Metrics>,
     head: Arc<Mutex<Head>>,
     instance: Arc<str>,
 }
@@ -105,7 +110,7 @@ impl AuditHandle {
         let before = self.queued.fetch_add(size, Ordering::SeqCst);
         if before + size > self.max_queued {
             self.queued.fetch_sub(size, Ordering::SeqCst);
-            crate::metrics::metrics().audit_events_refused.inc();
+            self.metrics.audit_events_refused.inc();
             return refuse(AuditError::QueueFull(self.max_queued), &e, reply);
         }
         if let Err(mpsc::SendError(Cmd::Append(e, size, reply))) =
@@ -199,6 +204,7 @@ impl AuditWriter {
             mismatch: Arc::default(),
             queued: Arc::default(),
             max_queued: config.max_queued_bytes,
+            metrics: config.metrics.clone(),
             head: Arc::new(Mutex::new(head)),
             instance: Arc::from(instance),
         };
@@ -360,7 +366,7 @@ impl Writer {
         let t0 = Instant::now();
         let events: Vec<&Event> = self.pending.iter().map(|p| &*p.event).collect();
         let result = append(conn, &self.head, &events);
-        let m = crate::metrics::metrics();
+        let m = &self.state.metrics;
         m.audit_write_seconds.observe(t0.elapsed().as_secs_f64());
         match result {
             Ok(Ok((h, hashes))) => self.committed(h, hashes, t0),
@@ -429,7 +435,7 @@ impl Writer {
              until it is restored or a new trail is started (docs/AUDIT.md, \"When the trail \
              is not the one written\")"
         );
-        crate::metrics::metrics().audit_trail_mismatches.inc();
+        self.state.metrics.audit_trail_mismatches.inc();
         self.state.healthy.store(false, Ordering::SeqCst);
         let _ = self.state.mismatch.set(m);
     }

@@ -6,15 +6,14 @@
 
 use super::config::{PrincipalConfig, Role};
 use super::layer::CallContext;
-use super::untrusted::{bounded_identity, describe_char, invalid_note};
+use super::untrusted::{bounded_identity, invalid_note};
 use crate::audit::{AuditHandle, Event, Kind};
+pub use crate::contract::ON_BEHALF_OF;
+use crate::contract::check_on_behalf_of;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
-
-/// Metadata naming the analyst an export is made for.
-pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
 
 /// An authenticated caller, attached to the request for the handler.
 #[derive(Debug, Clone)]
@@ -197,7 +196,7 @@ impl OnBehalfOf {
         let bytes = v.as_bytes();
         match check_on_behalf_of(bytes) {
             Ok(s) => Self::Valid(s.to_owned()),
-            Err((reason, message)) => Self::Invalid {
+            Err(crate::contract::FieldError { reason, message }) => Self::Invalid {
                 reason,
                 message,
                 note: invalid_note(bytes),
@@ -213,36 +212,6 @@ impl OnBehalfOf {
             Self::Invalid { note, .. } => Some(note.clone()),
         }
     }
-}
-
-/// An analyst name: 1 to 200 characters of printable ASCII, not blank.
-/// Anything else is refused with the audit reason (`missing` for a value
-/// that is empty, blank, too long or holds control characters, `malformed`
-/// for one that is not ASCII, as before) and a message naming the fault.
-fn check_on_behalf_of(b: &[u8]) -> Result<&str, (&'static str, String)> {
-    const RULE: &str = "the analyst the export is for: 1 to 200 characters of printable ASCII";
-    let missing = |why: String| Err(("missing on-behalf-of", format!("{ON_BEHALF_OF} {why}")));
-    let Ok(s) = std::str::from_utf8(b) else {
-        return Err((
-            "malformed on-behalf-of",
-            format!("{ON_BEHALF_OF} is not UTF-8 text; send {RULE}"),
-        ));
-    };
-    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
-        let why = format!("contains {}; send {RULE}", describe_char(c));
-        return if c.is_ascii() {
-            missing(why)
-        } else {
-            Err(("malformed on-behalf-of", format!("{ON_BEHALF_OF} {why}")))
-        };
-    }
-    if s.trim().is_empty() {
-        return missing(format!("metadata is required: {RULE}"));
-    }
-    if s.len() > 200 {
-        return missing(format!("is {} characters long; send {RULE}", s.len()));
-    }
-    Ok(s)
 }
 
 impl tonic::service::Interceptor for AuthInterceptor {
@@ -482,7 +451,10 @@ mod tests {
             ("jos\u{E9}".as_bytes(), "malformed on-behalf-of", "U+00E9"),
             (b"\xff\xfe", "malformed on-behalf-of", "not UTF-8"),
         ] {
-            let (r, m) = check_on_behalf_of(value).expect_err("refused");
+            let crate::contract::FieldError {
+                reason: r,
+                message: m,
+            } = check_on_behalf_of(value).expect_err("refused");
             assert_eq!(r, reason, "{value:?}");
             assert!(
                 m.starts_with(ON_BEHALF_OF) && m.contains(says),

@@ -1,6 +1,7 @@
 //! The global memory budget for snapshots and stream buffers: an export
 //! reserves its worst case before it builds, then gives back the surplus.
 
+use super::config::Config;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,6 +54,38 @@ impl MemoryBudget {
     /// Bytes reserved now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::SeqCst)
+    }
+}
+
+/// What one export reserves before it builds: a ceiling on its snapshot,
+/// the stream buffers, and the source page cache.
+pub struct ExportNeed {
+    /// The snapshot may not grow past this many bytes.
+    pub snapshot_limit: u64,
+    /// Bytes to reserve in all.
+    pub bytes: u64,
+}
+
+impl ExportNeed {
+    /// The need of an export from the case database of `config`. The
+    /// snapshot cannot outgrow twice its source (it is a subset with the
+    /// same indexes), so a small source need not reserve the ceiling.
+    pub async fn estimate(config: &Config) -> Self {
+        let mut wal = config.case_db.clone().into_os_string();
+        wal.push("-wal");
+        let mut source_size = 0;
+        for p in [config.case_db.as_os_str(), wal.as_os_str()] {
+            source_size += tokio::fs::metadata(p).await.map(|m| m.len()).unwrap_or(0);
+        }
+        let snapshot_limit = config
+            .max_snapshot_bytes
+            .min(source_size.saturating_mul(2).saturating_add(16 << 20));
+        Self {
+            snapshot_limit,
+            bytes: snapshot_limit
+                + config.stream_buffer_bytes()
+                + crate::snapshot::source_cache_bytes(snapshot_limit),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub struct ConnLimit(Arc<LimitInner>);
 
 struct LimitInner {
     open: AtomicUsize,
+    metrics: Arc<crate::metrics::Metrics>,
     max: usize,
     listener: &'static str,
     /// Set while refusing, so the log says it once per episode.
@@ -41,9 +42,10 @@ pub struct ConnSlot(Arc<LimitInner>);
 impl ConnLimit {
     /// A cap of `max` connections for the listener named `listener` (a
     /// metric label: `grpc`, `health`, `metrics`).
-    pub fn new(listener: &'static str, max: usize) -> Self {
+    pub fn new(listener: &'static str, max: usize, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self(Arc::new(LimitInner {
             open: AtomicUsize::new(0),
+            metrics,
             max,
             listener,
             refusing: AtomicBool::new(false),
@@ -59,7 +61,7 @@ impl ConnLimit {
                 (n < i.max).then_some(n + 1)
             })
             .is_ok();
-        let m = crate::metrics::metrics();
+        let m = &i.metrics;
         if !taken {
             m.connection_rejected(i.listener, "over_cap");
             if !i.refusing.swap(true, Ordering::SeqCst) {
@@ -80,9 +82,7 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
         self.0.refusing.store(false, Ordering::SeqCst);
-        crate::metrics::metrics()
-            .connections_open(self.0.listener)
-            .dec();
+        self.0.metrics.connections_open(self.0.listener).dec();
     }
 }
 
@@ -204,6 +204,7 @@ where
         let handshake = (self.handshake)(tcp);
         let timeout = self.timeout;
         let listener = self.limit.0.listener;
+        let metrics = self.limit.0.metrics.clone();
         self.handshakes.spawn(async move {
             let greeted = tokio::time::timeout(timeout, async {
                 let mut io = handshake.await?;
@@ -229,7 +230,7 @@ where
                     None
                 }
                 Err(_) => {
-                    crate::metrics::metrics().connection_rejected(listener, "handshake_timeout");
+                    metrics.connection_rejected(listener, "handshake_timeout");
                     debug!(listener, %peer, "handshake not done in time; connection closed");
                     None
                 }
@@ -400,7 +401,7 @@ mod tests {
 
     #[test]
     fn cap_refuses_over_max_and_frees_on_drop() {
-        let limit = ConnLimit::new("test", 2);
+        let limit = ConnLimit::new("test", 2, crate::metrics::Metrics::new());
         let a = limit.try_take().expect("first");
         let _b = limit.try_take().expect("second");
         assert!(limit.try_take().is_none(), "third is over the cap");
@@ -411,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn preface_is_read_back_first() {
         let (client, server) = tokio::io::duplex(64);
-        let limit = ConnLimit::new("test", 1);
+        let limit = ConnLimit::new("test", 1, crate::metrics::Metrics::new());
         let mut acc = Accepted {
             io: server,
             preface: 0,

@@ -44,6 +44,8 @@ pub struct CallContext {
     pub started_at: String,
     peer_ip: Option<IpAddr>,
     refusals: Arc<RefusalLimiter>,
+    /// The server's metrics, which count how calls end.
+    metrics: Arc<crate::metrics::Metrics>,
     started: std::time::Instant,
     /// Set once the call's terminal event is queued.
     ended: Arc<std::sync::atomic::AtomicBool>,
@@ -65,6 +67,7 @@ impl CallContext {
         method: String,
         peer: Option<std::net::SocketAddr>,
         refusals: Arc<RefusalLimiter>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let mut id = [0u8; 8];
         let _ = getrandom::getrandom(&mut id);
@@ -74,6 +77,7 @@ impl CallContext {
             peer: peer.map(|a| a.to_string()),
             peer_ip: peer.map(|a| a.ip()),
             refusals,
+            metrics,
             started_at: crate::audit::now_rfc3339(),
             started: std::time::Instant::now(),
             ended: Arc::default(),
@@ -102,7 +106,7 @@ impl CallContext {
         }
         if !a.record {
             self.note(|i| i.unrecorded = true);
-            crate::metrics::metrics().refusals_unrecorded.inc();
+            self.metrics.refusals_unrecorded.inc();
         }
         a.record
     }
@@ -136,7 +140,8 @@ impl CallContext {
         e.detail = Some(serde_json::Value::Object(detail).to_string());
         audit.record(e);
         if self.method.ends_with("/ExportCase") {
-            crate::metrics::metrics().finished(Kind::Failed.as_str(), code_name(code));
+            self.metrics
+                .finished(Kind::Failed.as_str(), code_name(code));
         }
         true
     }
@@ -231,7 +236,7 @@ impl OpenCalls {
             );
             audit.record(e);
             if ctx.method.ends_with("/ExportCase") {
-                crate::metrics::metrics().finished(Kind::Failed.as_str(), "UNAVAILABLE");
+                ctx.metrics.finished(Kind::Failed.as_str(), "UNAVAILABLE");
             }
             n += 1;
         }
@@ -265,7 +270,7 @@ impl Terminal {
         let code_text = code_name(code.unwrap_or(Code::Cancelled));
         e.code = Some(code_text.to_string());
         if self.ctx.method.ends_with("/ExportCase") {
-            let m = crate::metrics::metrics();
+            let m = &self.ctx.metrics;
             m.finished(kind.as_str(), code_text);
             if kind == Kind::Completed {
                 m.export_duration
@@ -351,27 +356,31 @@ pub struct AuditLayer {
     pub audit: AuditHandle,
     pub open: OpenCalls,
     pub refusals: Arc<RefusalLimiter>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<S> tower::Layer<S> for AuditLayer {
-    type Service = AuditService<S>;
+    type Service = RecordedService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuditService {
+        RecordedService {
             inner,
             audit: self.audit.clone(),
             open: self.open.clone(),
             refusals: self.refusals.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
-/// The service `AuditLayer` makes.
+/// The service `AuditLayer` makes: the wrapped service, with every call
+/// of this crate's services recorded to its end.
 #[derive(Clone)]
-pub struct AuditService<S> {
+pub struct RecordedService<S> {
     inner: S,
     audit: AuditHandle,
     open: OpenCalls,
     refusals: Arc<RefusalLimiter>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn peer_of<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
@@ -384,7 +393,7 @@ fn peer_of<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
         })
 }
 
-impl<S> AuditService<S> {
+impl<S> RecordedService<S> {
     /// Answers a call of an unknown method with UNIMPLEMENTED, without
     /// credentials (there is nothing to authorize), and records it as any
     /// refusal of an unknown caller: `attempt` and `failed`, the path
@@ -394,6 +403,7 @@ impl<S> AuditService<S> {
             bounded_method(req.uri().path()),
             peer_of(req),
             self.refusals.clone(),
+            self.metrics.clone(),
         );
         if ctx.admit_refusal(&self.audit) {
             let mut attempt = ctx.event(Kind::Attempt);
@@ -412,7 +422,7 @@ impl<S> AuditService<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuditService<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RecordedService<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
@@ -454,7 +464,12 @@ where
                 });
             }
         }
-        let ctx = CallContext::new(path, peer_of(&req), self.refusals.clone());
+        let ctx = CallContext::new(
+            path,
+            peer_of(&req),
+            self.refusals.clone(),
+            self.metrics.clone(),
+        );
         req.extensions_mut().insert(ctx.clone());
         self.open.insert(&ctx);
         let mut terminal = Terminal {

@@ -7,53 +7,45 @@ mod budget;
 mod config;
 mod conn;
 mod error;
+mod export;
 mod layer;
+mod listeners;
 mod probes;
 mod refusals;
-mod service;
 mod slots;
+mod state;
 mod untrusted;
 
+pub use crate::contract::{file_name_for, validate_case_id, validate_purpose};
 pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
 pub use config::{
     AuditConfig, Config, ConfigError, DEFAULT_LISTEN, PrincipalConfig, Role, TlsConfig,
 };
-pub use error::{ExportError, validate_case_id, validate_purpose};
+pub use error::ExportError;
 pub use layer::code_name;
-pub use service::file_name_for;
 
 use crate::audit::{
     AuditError, AuditHandle, AuditWriter, CheckpointSigner, Event, Kind, WriterConfig,
 };
+use crate::metrics::Metrics;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
 use audit_svc::AuditSvc;
 use auth::{AuthInterceptor, Authenticator};
-use service::ExportSvc;
+use export::ExportSvc;
+use listeners::SideListeners;
+use refusals::RefusalLimiter;
+use state::{Phase, PhaseSender, ServerState};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
-
-/// Shared by every call.
-pub(crate) struct ServerState {
-    pub config: Arc<Config>,
-    pub in_flight: Arc<Semaphore>,
-    /// Set at shutdown: refuse new exports.
-    pub draining: AtomicBool,
-    /// Turns true when the grace period is over: producers still running
-    /// (even those waiting on a slow client) end their exports.
-    pub hard_stop_rx: watch::Receiver<bool>,
-    pub audit: AuditHandle,
-    pub budget: Arc<budget::MemoryBudget>,
-    /// Exports in flight per principal.
-    pub principal_slots: slots::PrincipalSlots,
-}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -99,21 +91,256 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     serve_on(config, listener, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind 127.0.0.1:0).
+/// Serves on an already bound listener (tests bind 127.0.0.1:0) until
+/// `shutdown` resolves and the exports in flight drained.
 pub async fn serve_on(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let config = Arc::new(config);
-    // TLS material is checked before anything is recorded or served. The
-    // handshake runs in `conn`, under the handshake deadline.
-    let tls = config.tls.as_ref().map(conn::tls_acceptor).transpose()?;
-    let builder = Server::builder();
-    let listeners = 1
-        + usize::from(config.health_listen.is_some())
-        + usize::from(config.metrics_listen.is_some());
-    conn::ensure_fd_limit(config.max_connections, listeners);
+    let server = Prepared::set_up(config, &listener).await?;
+    let served = server.run(listener, shutdown).await;
+    server.finish();
+    served
+}
+
+/// A server set up: its trail open and on record, its state shared, its
+/// side listeners and health monitor running; not yet taking calls.
+struct Prepared {
+    state: Arc<ServerState>,
+    phase: PhaseSender,
+    writer: AuditWriter,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    authn: Arc<Authenticator>,
+    health: HealthReporter,
+    health_svc: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    side: SideListeners,
+    monitor: JoinHandle<()>,
+    refusals: Arc<RefusalLimiter>,
+    summaries: JoinHandle<()>,
+    open_calls: layer::OpenCalls,
+}
+
+impl Prepared {
+    async fn set_up(config: Config, listener: &TcpListener) -> Result<Self, ServeError> {
+        let config = Arc::new(config);
+        // TLS material is checked before anything is recorded or served.
+        // The handshake runs in `conn`, under the handshake deadline.
+        let tls = config.tls.as_ref().map(conn::tls_acceptor).transpose()?;
+        let listeners = 1
+            + usize::from(config.health_listen.is_some())
+            + usize::from(config.metrics_listen.is_some());
+        conn::ensure_fd_limit(config.max_connections, listeners);
+        let metrics = Metrics::new();
+        let writer = open_trail(&config, metrics.clone())?;
+        let audit = writer.handle();
+        record_start(&config, &audit, listener).await?;
+        let (phase, phase_rx) = PhaseSender::new();
+        let state = Arc::new(ServerState {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config: config.clone(),
+            phase: phase_rx,
+            audit: audit.clone(),
+            budget: budget::MemoryBudget::new(config.memory_budget_bytes),
+            principal_slots: slots::PrincipalSlots::new(&config),
+            metrics,
+        });
+        if config.principals.is_empty() {
+            warn!(
+                "no principals configured: every call will be refused (see `case-export token new`)"
+            );
+        }
+        let (health, _) = tonic_health::server::health_reporter();
+        let health_svc = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        health.set_serving::<ExportServiceServer<ExportSvc>>().await;
+        let side = SideListeners::start(&state, &health).await?;
+        let monitor = tokio::spawn(health_monitor(state.clone(), health.clone()));
+        let refusals = Arc::new(RefusalLimiter::new(
+            config.audit.denied_record_burst,
+            config.audit.denied_records_per_minute,
+            config.audit.denied_record_peers,
+            config.audit.denied_records_per_minute_total,
+        ));
+        let summaries = tokio::spawn(refusals::write_summaries(refusals.clone(), audit));
+        Ok(Self {
+            authn: Arc::new(Authenticator::new(&config.principals)),
+            state,
+            phase,
+            writer,
+            tls,
+            health,
+            health_svc,
+            side,
+            monitor,
+            refusals,
+            summaries,
+            open_calls: layer::OpenCalls::default(),
+        })
+    }
+
+    /// Serves until `shutdown`, then drains: no new exports, those running
+    /// have the grace period, then end. Exits at grace + 5 s whatever holds.
+    async fn run(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let config = &self.state.config;
+        let (reflection_v1, reflection_v1alpha) = reflection()?;
+        let router = Server::builder()
+            .layer(layer::AuditLayer {
+                audit: self.state.audit.clone(),
+                open: self.open_calls.clone(),
+                refusals: self.refusals.clone(),
+                metrics: self.state.metrics.clone(),
+            })
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(128))
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_header_list_size(Some(64 * 1024))
+            .tcp_nodelay(true)
+            .add_service(self.health_svc.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(self.export_service())
+            .add_service(self.audit_service());
+        if let Ok(a) = listener.local_addr() {
+            info!(addr = %a, "case-export listening");
+        }
+        let limit =
+            conn::ConnLimit::new("grpc", config.max_connections, self.state.metrics.clone());
+        let handshake = config.handshake_timeout();
+        let drain = self.drain_on(shutdown);
+        let grace = config.shutdown_grace();
+        // Backstop: once draining, exit at grace + 5 s whatever holds on.
+        let backstop = async move {
+            state::reached(self.state.phase.clone(), Phase::Draining).await;
+            tokio::time::sleep(grace + Duration::from_secs(5)).await;
+        };
+        match self.tls.clone() {
+            Some(acceptor) => {
+                let incoming = conn::incoming(listener, limit, handshake, conn::tls(acceptor));
+                until_backstop(
+                    router.serve_with_incoming_shutdown(incoming, drain),
+                    backstop,
+                )
+                .await
+            }
+            None => {
+                let incoming = conn::incoming(listener, limit, handshake, conn::plain);
+                until_backstop(
+                    router.serve_with_incoming_shutdown(incoming, drain),
+                    backstop,
+                )
+                .await
+            }
+        }
+    }
+
+    fn export_service(
+        &self,
+    ) -> tonic::service::interceptor::InterceptedService<
+        ExportServiceServer<ExportSvc>,
+        AuthInterceptor,
+    > {
+        tonic::service::interceptor::InterceptedService::new(
+            ExportServiceServer::new(ExportSvc {
+                state: self.state.clone(),
+            })
+            .max_decoding_message_size(self.state.config.max_request_bytes),
+            AuthInterceptor {
+                auth: self.authn.clone(),
+                audit: self.state.audit.clone(),
+                role: Role::Exporter,
+                needs_on_behalf_of: true,
+            },
+        )
+    }
+
+    fn audit_service(
+        &self,
+    ) -> tonic::service::interceptor::InterceptedService<
+        AuditServiceServer<AuditSvc>,
+        AuthInterceptor,
+    > {
+        let config = &self.state.config;
+        tonic::service::interceptor::InterceptedService::new(
+            AuditServiceServer::new(AuditSvc {
+                audit_db: config.audit_db.clone(),
+                principals: Arc::new(config.principals.clone()),
+                max_events: config.audit_list_max_events,
+                send_timeout: config.send_timeout(),
+                audit: self.state.audit.clone(),
+            })
+            .max_decoding_message_size(config.max_request_bytes),
+            AuthInterceptor {
+                auth: self.authn.clone(),
+                audit: self.state.audit.clone(),
+                role: Role::Auditor,
+                needs_on_behalf_of: false,
+            },
+        )
+    }
+
+    /// Resolves once `shutdown` did, having moved the server to draining
+    /// (health NOT_SERVING, side listeners closing) and set the stop at the
+    /// grace period's end.
+    fn drain_on<'a>(
+        &'a self,
+        shutdown: impl Future<Output = ()> + 'a,
+    ) -> impl Future<Output = ()> + 'a {
+        let grace = self.state.config.shutdown_grace();
+        async move {
+            shutdown.await;
+            info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: draining exports"
+            );
+            self.phase.set(Phase::Draining);
+            self.health
+                .set_not_serving::<ExportServiceServer<ExportSvc>>()
+                .await;
+            let st = self.state.clone();
+            let phase = self.phase.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if st.exports_running() > 0 {
+                    warn!("grace period over: ending exports still in flight");
+                }
+                phase.set(Phase::Stopping);
+            });
+        }
+    }
+
+    /// Calls whose clients still hold their streams get their end, the
+    /// refused calls not recorded one by one their summary, and the trail
+    /// its final checkpoint.
+    fn finish(self) {
+        self.phase.set(Phase::Stopping);
+        let ended = self.open_calls.end_all(&self.state.audit);
+        if ended > 0 {
+            warn!(
+                calls = ended,
+                "calls still open at exit recorded as failed (UNAVAILABLE)"
+            );
+        }
+        self.summaries.abort();
+        for e in self.refusals.drain_summaries() {
+            self.state.audit.record(e);
+        }
+        self.monitor.abort();
+        self.side.abort();
+        drop(self.state);
+        self.writer.shutdown();
+        info!("server stopped");
+    }
+}
+
+/// Opens the custody trail, with its checkpoint settings.
+fn open_trail(config: &Config, metrics: Arc<Metrics>) -> Result<AuditWriter, ServeError> {
     let signer = config
         .audit
         .checkpoint_key_file
@@ -121,236 +348,65 @@ pub async fn serve_on(
         .map(CheckpointSigner::from_file)
         .transpose()
         .map_err(ServeError::Setup)?;
-    let instance = instance_id(&config);
-    let writer = AuditWriter::start(
+    Ok(AuditWriter::start(
         &config.audit_db,
-        &instance,
+        &instance_id(config),
         WriterConfig {
             every: Duration::from_secs(config.audit.checkpoint_interval_secs),
             file: config.audit.checkpoint_file.clone(),
             signer,
             max_queued_bytes: config.audit.max_queued_bytes,
+            metrics,
         },
-    )?;
-    let audit = writer.handle();
+    )?)
+}
+
+/// The `server_start` event, committed before any call is taken. On a
+/// refused trail the server serves refused: health says NOT_SERVING, every
+/// export is refused, and the operator sees why in the log and metrics.
+async fn record_start(
+    config: &Config,
+    audit: &AuditHandle,
+    listener: &TcpListener,
+) -> Result<(), ServeError> {
     let mut start = Event::new(Kind::ServerStart, "-");
     start.detail = Some(
         serde_json::json!({ "listen": listener.local_addr().ok().map(|a| a.to_string()) })
             .to_string(),
     );
     match audit.commit(start).await {
-        Ok(_) => {}
-        // Served refused: health says NOT_SERVING, every export is refused,
-        // and the operator sees why in the log and the metrics.
-        Err(AuditError::Mismatch(_)) => {}
-        Err(e) => {
-            return Err(ServeError::Setup(format!(
-                "cannot write to the audit database {}: {e}",
-                config.audit_db.display()
-            )));
-        }
+        Ok(_) | Err(AuditError::Mismatch(_)) => Ok(()),
+        Err(e) => Err(ServeError::Setup(format!(
+            "cannot write to the audit database {}: {e}",
+            config.audit_db.display()
+        ))),
     }
-    let (hard_stop_tx, hard_stop_rx) = watch::channel(false);
-    let state = Arc::new(ServerState {
-        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-        config: config.clone(),
-        draining: AtomicBool::new(false),
-        hard_stop_rx,
-        audit: audit.clone(),
-        budget: budget::MemoryBudget::new(config.memory_budget_bytes),
-        principal_slots: slots::PrincipalSlots::new(&config),
-    });
-    let authn = Arc::new(Authenticator::new(&config.principals));
-    if config.principals.is_empty() {
-        warn!("no principals configured: every call will be refused (see `case-export token new`)");
-    }
-    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ExportServiceServer<ExportSvc>>()
-        .await;
+}
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-
-    let export_svc = tonic::service::interceptor::InterceptedService::new(
-        ExportServiceServer::new(ExportSvc {
-            state: state.clone(),
-        })
-        .max_decoding_message_size(config.max_request_bytes),
-        AuthInterceptor {
-            auth: authn.clone(),
-            audit: audit.clone(),
-            role: Role::Exporter,
-            needs_on_behalf_of: true,
-        },
-    );
-    let audit_svc = tonic::service::interceptor::InterceptedService::new(
-        AuditServiceServer::new(AuditSvc {
-            audit_db: config.audit_db.clone(),
-            principals: Arc::new(config.principals.clone()),
-            max_events: config.audit_list_max_events,
-            send_timeout: config.send_timeout(),
-            audit: audit.clone(),
-        })
-        .max_decoding_message_size(config.max_request_bytes),
-        AuthInterceptor {
-            auth: authn,
-            audit: audit.clone(),
-            role: Role::Auditor,
-            needs_on_behalf_of: false,
-        },
-    );
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            info!(addr = %l.local_addr().unwrap_or(addr), "metrics listening on /metrics");
-            Some(tokio::spawn(probes::serve_metrics(
-                l,
-                state.clone(),
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
+/// Reflection (v1 and v1alpha, for older grpcurl) over this crate's
+/// services and the health service, from one list of descriptor sets.
+#[allow(clippy::type_complexity)]
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let health_task = match config.health_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            info!(addr = %l.local_addr().unwrap_or(addr), "plaintext health listening");
-            let svc = tonic_health::pb::health_server::HealthServer::new(
-                tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
-            );
-            let mut stop = stop_rx.clone();
-            let incoming = conn::incoming(
-                l,
-                conn::ConnLimit::new("health", config.max_connections),
-                config.handshake_timeout(),
-                conn::plain,
-            );
-            Some(tokio::spawn(async move {
-                let _ = Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = stop.wait_for(|v| *v).await;
-                    })
-                    .await;
-            }))
-        }
-        None => None,
-    };
-    let monitor = tokio::spawn(health_monitor(state.clone(), health_reporter.clone()));
-
-    let local = listener.local_addr().ok();
-    let grace = config.shutdown_grace();
-    let st = state.clone();
-    let reporter = health_reporter.clone();
-    // Drain on the signal; after the grace period end what is still running.
-    let signal = async move {
-        shutdown.await;
-        info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: draining exports"
-        );
-        st.draining.store(true, Ordering::SeqCst);
-        reporter
-            .set_not_serving::<ExportServiceServer<ExportSvc>>()
-            .await;
-        let _ = stop_tx.send(true);
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            if st2.in_flight.available_permits() < st2.config.max_in_flight {
-                warn!("grace period over: ending exports still in flight");
-            }
-            let _ = hard_stop_tx.send(true);
-        });
-    };
-    let open_calls = layer::OpenCalls::default();
-    let refusals = Arc::new(refusals::RefusalLimiter::new(
-        config.audit.denied_record_burst,
-        config.audit.denied_records_per_minute,
-        config.audit.denied_record_peers,
-        config.audit.denied_records_per_minute_total,
-    ));
-    let summaries = tokio::spawn(refusals::write_summaries(refusals.clone(), audit.clone()));
-    let server = builder
-        .layer(layer::AuditLayer {
-            audit: audit.clone(),
-            open: open_calls.clone(),
-            refusals: refusals.clone(),
-        })
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(128))
-        .http2_max_pending_accept_reset_streams(Some(64))
-        .http2_max_header_list_size(Some(64 * 1024))
-        .tcp_nodelay(true)
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(export_svc)
-        .add_service(audit_svc);
-    if let Some(a) = local {
-        info!(addr = %a, "case-export listening");
-    }
-    let limit = conn::ConnLimit::new("grpc", config.max_connections);
-    let handshake = config.handshake_timeout();
-    // Backstop: once draining, exit at grace + 5 s whatever holds on.
-    let backstop = async move {
-        let _ = stop_rx.wait_for(|v| *v).await;
-        tokio::time::sleep(grace + Duration::from_secs(5)).await;
-    };
-    match tls {
-        Some(acceptor) => {
-            let incoming = conn::incoming(listener, limit, handshake, conn::tls(acceptor));
-            until_backstop(
-                server.serve_with_incoming_shutdown(incoming, signal),
-                backstop,
-            )
-            .await?
-        }
-        None => {
-            let incoming = conn::incoming(listener, limit, handshake, conn::plain);
-            until_backstop(
-                server.serve_with_incoming_shutdown(incoming, signal),
-                backstop,
-            )
-            .await?
-        }
-    }
-    // Calls whose clients still hold their streams get their end now, so
-    // the trail never shows an export that simply stopped.
-    let ended = open_calls.end_all(&audit);
-    if ended > 0 {
-        warn!(
-            calls = ended,
-            "calls still open at exit recorded as failed (UNAVAILABLE)"
-        );
-    }
-    summaries.abort();
-    for e in refusals.drain_summaries() {
-        audit.record(e);
-    }
-    monitor.abort();
-    for t in [metrics_task, health_task].into_iter().flatten() {
-        t.abort();
-    }
-    drop(state);
-    writer.shutdown();
-    info!("server stopped");
-    Ok(())
+    let err = |e: tonic_reflection::server::Error| ServeError::Reflection(e.to_string());
+    Ok((
+        builder().build_v1().map_err(err)?,
+        builder().build_v1alpha().map_err(err)?,
+    ))
 }
 
 /// Serves until the server stops, or until `backstop` if that comes first.
@@ -368,27 +424,12 @@ async fn until_backstop(
 /// Keeps the health status true to reality: NOT_SERVING while draining,
 /// while the audit store cannot write, or while the case database cannot
 /// be opened.
-async fn health_monitor(state: Arc<ServerState>, reporter: tonic_health::server::HealthReporter) {
+async fn health_monitor(state: Arc<ServerState>, reporter: HealthReporter) {
     let mut last = None;
     loop {
-        let path = state.config.case_db.clone();
-        let source_ok = tokio::task::spawn_blocking(move || {
-            rusqlite::Connection::open_with_flags(
-                &path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let source_ok = source_readable(state.config.case_db.clone()).await;
         let audit_ok = state.audit.is_healthy();
-        let draining = state.draining.load(Ordering::SeqCst);
+        let draining = state.is_draining();
         let serving = source_ok && audit_ok && !draining;
         if last != Some(serving) {
             if serving {
@@ -408,4 +449,22 @@ async fn health_monitor(state: Arc<ServerState>, reporter: tonic_health::server:
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Whether the case database opens and its schema reads.
+async fn source_readable(path: std::path::PathBuf) -> bool {
+    tokio::task::spawn_blocking(move || {
+        rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }

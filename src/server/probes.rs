@@ -1,13 +1,12 @@
 //! Side listeners: Prometheus `/metrics` over HTTP/1, and the gRPC health
 //! service alone in plaintext for probes that cannot speak TLS.
 
-use super::ServerState;
+use super::state::{Phase, ServerState, reached};
 use bytes::Bytes;
 use http_body_util::Full;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 fn respond(st: &ServerState, path: &str) -> http::Response<Full<Bytes>> {
     if path != "/metrics" {
@@ -16,9 +15,8 @@ fn respond(st: &ServerState, path: &str) -> http::Response<Full<Bytes>> {
         *r.status_mut() = http::StatusCode::NOT_FOUND;
         return r;
     }
-    let m = crate::metrics::metrics();
-    let running = st.config.max_in_flight - st.in_flight.available_permits();
-    m.exports_in_flight.set(running as i64);
+    let m = &st.metrics;
+    m.exports_in_flight.set(st.exports_running() as i64);
     m.snapshot_bytes_held
         .set(i64::try_from(st.budget.held()).unwrap_or(i64::MAX));
     let mut r = http::Response::new(Full::new(Bytes::from(m.encode())));
@@ -31,20 +29,19 @@ fn respond(st: &ServerState, path: &str) -> http::Response<Full<Bytes>> {
     r
 }
 
-/// Serves `/metrics` until `stop` turns true. A connection must send its
+/// Serves `/metrics` until the server drains. A connection must send its
 /// request head within the handshake timeout, and at most
 /// `max_connections` are open at once.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    st: Arc<ServerState>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let limit = super::conn::ConnLimit::new("metrics", st.config.max_connections);
+pub async fn serve_metrics(listener: TcpListener, st: Arc<ServerState>) {
+    let limit =
+        super::conn::ConnLimit::new("metrics", st.config.max_connections, st.metrics.clone());
+    let draining = reached(st.phase.clone(), Phase::Draining);
+    tokio::pin!(draining);
     let head_timeout = st.config.handshake_timeout();
     loop {
         let accepted = tokio::select! {
             acc = listener.accept() => acc,
-            _ = stop.wait_for(|v| *v) => return,
+            _ = &mut draining => return,
         };
         let Ok((stream, _)) = accepted else {
             // Out of file descriptors, most likely: let some close.

@@ -5,68 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-/// Unicode general category Cf (format characters), Unicode 16: bidi
-/// controls (U+202A..U+202E, U+2066..U+2069), zero-width characters
-/// (U+200B..U+200F), U+FEFF, and the rest. They are invisible or reorder
-/// the text around them, so a value holding one can pass for another.
-const FORMAT_CHARS: &[(u32, u32)] = &[
-    (0x00AD, 0x00AD),
-    (0x0600, 0x0605),
-    (0x061C, 0x061C),
-    (0x06DD, 0x06DD),
-    (0x070F, 0x070F),
-    (0x0890, 0x0891),
-    (0x08E2, 0x08E2),
-    (0x180E, 0x180E),
-    (0x200B, 0x200F),
-    (0x202A, 0x202E),
-    (0x2060, 0x2064),
-    (0x2066, 0x206F),
-    (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB),
-    (0x110BD, 0x110BD),
-    (0x110CD, 0x110CD),
-    (0x13430, 0x1343F),
-    (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A),
-    (0xE0001, 0xE0001),
-    (0xE0020, 0xE007F),
-];
-
-/// Whether `c` is a Unicode format character (category Cf).
-pub fn is_format_char(c: char) -> bool {
-    let c = c as u32;
-    FORMAT_CHARS
-        .binary_search_by(|&(lo, hi)| {
-            if hi < c {
-                std::cmp::Ordering::Less
-            } else if lo > c {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        })
-        .is_ok()
-}
-
-/// The first control or format character of `s`: either can make a
-/// stored value display as something else.
-pub fn first_hidden_char(s: &str) -> Option<char> {
-    s.chars().find(|&c| c.is_control() || is_format_char(c))
-}
-
-/// `c` for an error message: `U+202E (a format or bidi control
-/// character)`, `U+0007 (a control character)`, or `U+00E9 ('é')`.
-pub fn describe_char(c: char) -> String {
-    let u = format!("U+{:04X}", c as u32);
-    if is_format_char(c) {
-        format!("{u} (a Unicode format or bidi control character)")
-    } else if c.is_control() {
-        format!("{u} (a control character)")
-    } else {
-        format!("{u} ({c:?})")
-    }
-}
+pub use crate::contract::{describe_char, first_hidden_char};
 
 /// What is stored instead of a caller's value that failed validation.
 pub fn invalid_note(bytes: &[u8]) -> String {
@@ -119,46 +58,6 @@ pub fn bounded_identity(identity: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn format_table_is_sorted_and_disjoint() {
-        assert!(FORMAT_CHARS.iter().all(|(lo, hi)| lo <= hi));
-        assert!(FORMAT_CHARS.windows(2).all(|w| w[0].1 < w[1].0));
-    }
-
-    #[test]
-    fn format_characters_are_found() {
-        for c in [
-            '\u{AD}',
-            '\u{200B}',
-            '\u{200E}',
-            '\u{202E}',
-            '\u{2066}',
-            '\u{2069}',
-            '\u{FEFF}',
-            '\u{E0001}',
-            '\u{E007F}',
-            '\u{1343F}',
-        ] {
-            assert!(is_format_char(c), "U+{:04X}", c as u32);
-        }
-        for c in [
-            'a',
-            ' ',
-            'é',
-            '\u{2065}',
-            '\u{2010}',
-            '\u{FFFD}',
-            '\u{E0080}',
-            '\n',
-        ] {
-            assert!(!is_format_char(c), "U+{:04X}", c as u32);
-        }
-        assert_eq!(first_hidden_char("ab\u{202E}c\n"), Some('\u{202E}'));
-        assert_eq!(first_hidden_char("a.b c"), None);
-        assert!(describe_char('\u{202E}').starts_with("U+202E (a Unicode format"));
-        assert!(describe_char('\u{7}').starts_with("U+0007 (a control"));
-    }
 
     #[test]
     fn notes_are_short_and_name_the_value() {
