@@ -2,6 +2,7 @@
 //! detect a removed tail.
 
 use super::chain::Head;
+use super::error::CheckpointError;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -20,18 +21,18 @@ pub struct CheckpointSigner {
 
 impl CheckpointSigner {
     /// Reads a key file: the 32-byte seed as 64 hex digits.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read checkpoint key {}: {e}", path.display()))?,
-        );
+    pub fn from_file(path: &Path) -> Result<Self, CheckpointError> {
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| CheckpointError::Read {
+                    what: "checkpoint key",
+                    path: path.into(),
+                    message: e.to_string(),
+                })?,
+            );
         let mut seed = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| {
-            format!(
-                "checkpoint key {} must hold 64 hex digits (make one with `case-export token checkpoint-key`)",
-                path.display()
-            )
-        })?;
+        hex::decode_to_slice(text.trim(), seed.as_mut())
+            .map_err(|_| CheckpointError::BadKey(path.into()))?;
         Ok(Self {
             key: SigningKey::from_bytes(&seed),
         })
@@ -105,21 +106,23 @@ impl Checkpoint {
 
     /// Checks the signature against `public_key` (hex), or against the key
     /// the checkpoint names when none is given. Unsigned: `Ok(false)`.
-    pub fn verify_signature(&self, public_key: Option<&str>) -> Result<bool, String> {
+    pub fn verify_signature(&self, public_key: Option<&str>) -> Result<bool, CheckpointError> {
+        use CheckpointError::Signature as Bad;
         let Some(sig) = &self.signature else {
             return Ok(false);
         };
         let pk_hex = public_key
             .or(self.public_key.as_deref())
-            .ok_or("checkpoint is signed but names no public key")?;
+            .ok_or(Bad("checkpoint is signed but names no public key"))?;
         let mut pk = [0u8; 32];
-        hex::decode_to_slice(pk_hex, &mut pk).map_err(|_| "public key is not 64 hex digits")?;
-        let vk = VerifyingKey::from_bytes(&pk).map_err(|_| "invalid public key")?;
+        hex::decode_to_slice(pk_hex, &mut pk)
+            .map_err(|_| Bad("public key is not 64 hex digits"))?;
+        let vk = VerifyingKey::from_bytes(&pk).map_err(|_| Bad("invalid public key"))?;
         let mut sb = [0u8; 64];
-        hex::decode_to_slice(sig, &mut sb).map_err(|_| "signature is not 128 hex digits")?;
+        hex::decode_to_slice(sig, &mut sb).map_err(|_| Bad("signature is not 128 hex digits"))?;
         vk.verify(&self.message(), &Signature::from_bytes(&sb))
             .map(|_| true)
-            .map_err(|_| "checkpoint signature does not verify".to_string())
+            .map_err(|_| Bad("checkpoint signature does not verify"))
     }
 
     /// Appends this checkpoint as one JSON line.
@@ -135,15 +138,21 @@ impl Checkpoint {
 }
 
 /// Reads a checkpoints file (JSON lines).
-pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read checkpoints {}: {e}", path.display()))?;
+pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CheckpointError::Read {
+        what: "checkpoints",
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| format!("{} line {}: not a checkpoint: {e}", path.display(), i + 1))
+            serde_json::from_str(l).map_err(|e| CheckpointError::Malformed {
+                path: path.into(),
+                line: i + 1,
+                message: e.to_string(),
+            })
         })
         .collect()
 }

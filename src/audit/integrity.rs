@@ -7,20 +7,13 @@
 
 use super::chain::{Head, event_hash, genesis_hash};
 use super::checkpoint::{Checkpoint, read_checkpoints};
+use super::error::AuditError;
 use super::verify::{COLUMNS, read_event};
 use super::{Event, Kind};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 
-/// How the stored trail differs from the one written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the stored trail differs from the one written, first at event {seq}: {what}")]
-pub struct TrailMismatch {
-    /// The first sequence number found to differ.
-    pub seq: u64,
-    /// What differs.
-    pub what: String,
-}
+pub use super::error::TrailMismatch;
 
 fn mismatch(seq: u64, what: impl Into<String>) -> TrailMismatch {
     TrailMismatch {
@@ -29,28 +22,10 @@ fn mismatch(seq: u64, what: impl Into<String>) -> TrailMismatch {
     }
 }
 
-/// Why the start check did not pass.
-pub enum StartError {
-    /// The trail is not the one the checkpoints vouch for.
-    Mismatch(TrailMismatch),
-    /// The trail or the checkpoint file could not be read.
-    Read(String),
-}
-
-impl From<TrailMismatch> for StartError {
+impl From<TrailMismatch> for AuditError {
     fn from(m: TrailMismatch) -> Self {
         Self::Mismatch(m)
     }
-}
-
-/// The last event stored: its sequence number and hash (hex).
-pub(super) fn stored_tail(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
-    conn.query_row(
-        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-    )
-    .optional()
 }
 
 fn stored_hash(conn: &Connection, seq: u64) -> Result<Option<String>, TrailMismatch> {
@@ -218,9 +193,9 @@ pub fn check_at_start(
     head: &Head,
     file: Option<&Path>,
     our_key: Option<String>,
-) -> Result<(), StartError> {
+) -> Result<(), AuditError> {
     let last = match file {
-        Some(f) if f.exists() => read_checkpoints(f).map_err(StartError::Read)?.pop(),
+        Some(f) if f.exists() => read_checkpoints(f)?.pop(),
         _ => None,
     };
     // The whole chain first: a broken link is named exactly, wherever it
@@ -283,15 +258,14 @@ pub fn check_at_start(
 /// A trail under another log id than the last checkpoint's is accepted
 /// only when its first event is a `trail_start` naming that log as the one
 /// it replaces (`case-export audit new-trail`); its own chain must verify.
-fn replaced(conn: &Connection, head: &Head, cp: &Checkpoint) -> Result<(), StartError> {
+fn replaced(conn: &Connection, head: &Head, cp: &Checkpoint) -> Result<(), AuditError> {
     let first: Option<Event> = conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM audit_events WHERE seq = 1"),
             [],
             |r| read_event(r).map(|(_, e, ..)| e),
         )
-        .optional()
-        .map_err(|e| StartError::Read(format!("cannot read the trail: {e}")))?;
+        .optional()?;
     let names_previous = first.as_ref().is_some_and(|e| {
         e.kind == Kind::TrailStart
             && e.detail
@@ -319,25 +293,22 @@ fn replaced(conn: &Connection, head: &Head, cp: &Checkpoint) -> Result<(), Start
 
 /// The last good head of a trail: the last event before the chain's first
 /// problem (the whole trail when it verifies).
-pub fn last_good_head(conn: &Connection) -> Result<Head, String> {
-    let log_hex: String = conn
-        .query_row("SELECT log_id FROM audit_meta", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read the log id: {e}"))?;
+pub fn last_good_head(conn: &Connection) -> Result<Head, AuditError> {
+    let log_hex: String = conn.query_row("SELECT log_id FROM audit_meta", [], |r| r.get(0))?;
     let mut log_id = [0u8; 16];
     hex::decode_to_slice(&log_hex, &mut log_id)
-        .map_err(|_| "audit_meta holds a malformed log id".to_string())?;
+        .map_err(|_| AuditError::Corrupt("audit_meta holds a malformed log id".into()))?;
     let genesis = genesis_hash(&log_id);
     let (seq, hash) = match walk(conn, 0, genesis) {
         Ok(h) => h,
         Err(m) if m.seq <= 1 => (0, genesis),
         Err(m) => {
             let seq = m.seq - 1;
-            let hex_hash = stored_hash(conn, seq)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("event {seq} is missing"))?;
+            let hex_hash = stored_hash(conn, seq)?
+                .ok_or_else(|| AuditError::Corrupt(format!("event {seq} is missing")))?;
             let mut hash = [0u8; 32];
             hex::decode_to_slice(&hex_hash, &mut hash)
-                .map_err(|_| format!("event {seq} holds a malformed hash"))?;
+                .map_err(|_| AuditError::Corrupt(format!("event {seq} holds a malformed hash")))?;
             (seq, hash)
         }
     };
@@ -348,17 +319,16 @@ pub fn last_good_head(conn: &Connection) -> Result<Head, String> {
 /// first event, `trail_start`, names the old log and its last good head, so
 /// a server holding the checkpoints of the old log accepts the new one.
 /// The old file is left as it is, for the investigation.
-pub fn start_new_trail(old: &Path, new: &Path, reason: &str) -> Result<(Head, Head), String> {
+pub fn start_new_trail(old: &Path, new: &Path, reason: &str) -> Result<(Head, Head), AuditError> {
     if new.exists() {
-        return Err(format!(
-            "{} exists: name a new file for the new trail",
-            new.display()
-        ));
+        return Err(AuditError::Open {
+            path: new.into(),
+            message: "it exists: name a new file for the new trail".into(),
+        });
     }
-    let old_conn = super::open_log_read_only(old).map_err(|e| e.to_string())?;
+    let old_conn = super::open_log_read_only(old)?;
     let previous = last_good_head(&old_conn)?;
-    let (mut conn, head) = super::store::init(new)
-        .map_err(|e| format!("cannot create the new trail {}: {e}", new.display()))?;
+    let (mut conn, head) = super::store::init(new)?;
     let mut e = Event::new(Kind::TrailStart, "-");
     e.instance = "case-export audit new-trail".into();
     e.detail = Some(
@@ -371,8 +341,7 @@ pub fn start_new_trail(old: &Path, new: &Path, reason: &str) -> Result<(Head, He
         })
         .to_string(),
     );
-    let (new_head, _) = super::store::append(&mut conn, &head, &[&e])
-        .map_err(|e| format!("cannot write the new trail: {e}"))?
-        .map_err(|_| "the new trail is not empty".to_string())?;
+    let (new_head, _) = super::store::append(&mut conn, &head, &[&e])?
+        .map_err(|_| AuditError::Corrupt("the new trail is not empty".into()))?;
     Ok((previous, new_head))
 }

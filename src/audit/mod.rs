@@ -4,6 +4,7 @@
 
 mod chain;
 mod checkpoint;
+mod error;
 mod integrity;
 mod store;
 mod verify;
@@ -11,8 +12,10 @@ mod writer;
 
 pub use chain::Head;
 pub use checkpoint::{Checkpoint, CheckpointSigner, read_checkpoints};
-pub use integrity::{TrailMismatch, last_good_head, start_new_trail};
-pub use store::{AuditError, open_log_read_only};
+pub use error::TrailMismatch;
+pub use error::{AuditError, CheckpointError};
+pub use integrity::{last_good_head, start_new_trail};
+pub use store::open_log_read_only;
 pub use verify::{
     ListFilter, TenantView, Verification, list_events, verify_log, visible_request_ids,
 };

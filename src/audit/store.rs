@@ -3,9 +3,9 @@
 
 use super::Event;
 use super::chain::{Head, event_hash, genesis_hash};
-use super::integrity::{TrailMismatch, stored_tail};
+pub use super::error::AuditError;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -52,35 +52,6 @@ CREATE TRIGGER IF NOT EXISTS audit_meta_no_delete BEFORE DELETE ON audit_meta
 BEGIN SELECT RAISE(ABORT, 'audit_meta is append-only'); END;
 ";
 
-/// Why the trail could not be opened or written.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
-    /// The database cannot be opened or created.
-    #[error("cannot open the audit database {path}: {message}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A write failed; the event stays queued and is retried.
-    #[error("the audit store cannot write: {0}")]
-    Write(String),
-    /// A list filter is malformed.
-    #[error("{0}")]
-    BadFilter(String),
-    /// The writer is gone (shutting down).
-    #[error("the audit writer has stopped")]
-    Stopped,
-    /// The stored trail is not the one this server wrote; nothing more is
-    /// appended to it.
-    #[error("{0}; the trail is refused until it is restored or a new trail is started")]
-    Mismatch(TrailMismatch),
-    /// Too many bytes of events wait for the store.
-    #[error("the audit queue is full ({0} bytes wait for the store); the event is refused")]
-    QueueFull(u64),
-}
-
 pub(super) fn open_rw(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -117,27 +88,19 @@ pub fn open_log_read_only(path: &Path) -> Result<Connection, AuditError> {
         )
         .unwrap_or(false);
     if !is_audit {
-        return Err(AuditError::Open {
-            path: path.into(),
-            message: "not an audit database (no audit_meta and audit_events tables)".into(),
-        });
+        return Err(AuditError::NotATrail(path.into()));
     }
     Ok(conn)
 }
 
-fn read_head(conn: &Connection) -> rusqlite::Result<Head> {
+fn read_head(conn: &Connection) -> Result<Head, AuditError> {
     let log_hex: String =
         conn.query_row("SELECT log_id FROM audit_meta LIMIT 1", [], |r| r.get(0))?;
     let mut log_id = [0u8; 16];
-    hex::decode_to_slice(&log_hex, &mut log_id)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let last: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    hex::decode_to_slice(&log_hex, &mut log_id).map_err(|_| {
+        AuditError::Corrupt(format!("audit_meta holds a malformed log id {log_hex:?}"))
+    })?;
+    let last = stored_tail(conn)?;
     Ok(match last {
         None => Head {
             log_id,
@@ -146,38 +109,41 @@ fn read_head(conn: &Connection) -> rusqlite::Result<Head> {
         },
         Some((seq, h)) => {
             let mut hash = [0u8; 32];
-            hex::decode_to_slice(&h, &mut hash)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            Head {
-                log_id,
-                seq: seq as u64,
-                hash,
-            }
+            hex::decode_to_slice(&h, &mut hash).map_err(|_| {
+                AuditError::Corrupt(format!("event {seq} holds a malformed hash {h:?}"))
+            })?;
+            Head { log_id, seq, hash }
         }
     })
 }
 
-pub(super) fn init(path: &Path) -> Result<(Connection, Head), rusqlite::Error> {
-    let conn = open_rw(path)?;
+/// Opens (creating if needed) the trail at `path` for writing, and its head.
+pub(super) fn init(path: &Path) -> Result<(Connection, Head), AuditError> {
+    let open_err = |e: rusqlite::Error| AuditError::Open {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let conn = open_rw(path).map_err(open_err)?;
     // Never turn another database (say, the case database) into a trail.
-    let foreign: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' \
-         AND name NOT IN ('audit_meta', 'audit_events')",
-        [],
-        |r| r.get(0),
-    )?;
+    let foreign: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' \
+             AND name NOT IN ('audit_meta', 'audit_events')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(open_err)?;
     if foreign > 0 {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-            Some("the file holds other tables: it is not an audit database".into()),
-        ));
+        return Err(AuditError::NotATrail(path.into()));
     }
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(SCHEMA).map_err(open_err)?;
     let has_meta: bool = conn.query_row("SELECT count(*) > 0 FROM audit_meta", [], |r| r.get(0))?;
     if !has_meta {
         let mut id = [0u8; 16];
-        getrandom::getrandom(&mut id)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        getrandom::getrandom(&mut id).map_err(|e| AuditError::Open {
+            path: path.into(),
+            message: format!("no randomness for the log id: {e}"),
+        })?;
         conn.execute(
             "INSERT INTO audit_meta (log_id, created_at, format) VALUES (?1, ?2, 1)",
             params![hex::encode(id), super::now_rfc3339()],
@@ -185,6 +151,16 @@ pub(super) fn init(path: &Path) -> Result<(Connection, Head), rusqlite::Error> {
     }
     let head = read_head(&conn)?;
     Ok((conn, head))
+}
+
+/// The last event stored: its sequence number and hash (hex).
+pub(super) fn stored_tail(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
+    conn.query_row(
+        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+    )
+    .optional()
 }
 
 /// Appends `events` after `head` in one transaction, first checking that

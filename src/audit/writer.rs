@@ -193,10 +193,7 @@ impl AuditWriter {
     /// writer starts refused (see `AuditHandle::mismatch`), so the server
     /// can say so through its health and metrics.
     pub fn start(path: &Path, instance: &str, config: WriterConfig) -> Result<Self, AuditError> {
-        let (conn, head) = init(path).map_err(|e| AuditError::Open {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let (conn, head) = init(path)?;
         let (tx, rx) = mpsc::channel::<Cmd>();
         let handle = AuditHandle {
             tx,
@@ -228,13 +225,8 @@ impl AuditWriter {
             writer.signer_key(),
         ) {
             Ok(()) => {}
-            Err(integrity::StartError::Mismatch(m)) => writer.refuse_trail(m),
-            Err(integrity::StartError::Read(e)) => {
-                return Err(AuditError::Open {
-                    path: path.into(),
-                    message: e,
-                });
-            }
+            Err(AuditError::Mismatch(m)) => writer.refuse_trail(m),
+            Err(e) => return Err(e),
         }
         let join = std::thread::Builder::new()
             .name("audit-writer".into())

@@ -82,7 +82,8 @@ pub fn run(a: AuditArgs) -> Result<u8, CliError> {
 }
 
 fn new_trail(a: NewTrailArgs) -> CliResult {
-    let (old, new) = start_new_trail(&a.db, &a.out, &a.reason).map_err(CliError::new)?;
+    let (old, new) =
+        start_new_trail(&a.db, &a.out, &a.reason).map_err(|e| CliError::new(e.to_string()))?;
     println!(
         "new trail {} (log {}) continues log {} from its last good event {} (hash {})",
         a.out.display(),
@@ -102,7 +103,7 @@ fn new_trail(a: NewTrailArgs) -> CliResult {
 fn verify(a: VerifyArgs) -> Result<u8, CliError> {
     let conn = open_log_read_only(&a.db).map_err(|e| CliError::new(e.to_string()))?;
     let checkpoints = match &a.checkpoint {
-        Some(p) => read_checkpoints(p).map_err(CliError::new)?,
+        Some(p) => read_checkpoints(p).map_err(|e| CliError::new(e.to_string()))?,
         None => Vec::new(),
     };
     let v = verify_log(&conn, &checkpoints, a.public_key.as_deref())

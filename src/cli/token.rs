@@ -129,8 +129,8 @@ pub fn run(a: TokenArgs) -> CliResult {
                 .map_err(|e| CliError::new(format!("cannot read the OS random generator: {e}")))?;
             super::write_private(&k.out, &super::secret_line(&seed))
                 .map_err(|e| CliError::new(format!("cannot write {}: {e}", k.out.display())))?;
-            let signer =
-                case_export::audit::CheckpointSigner::from_file(&k.out).map_err(CliError::new)?;
+            let signer = case_export::audit::CheckpointSigner::from_file(&k.out)
+                .map_err(|e| CliError::new(e.to_string()))?;
             println!("wrote {} (mode 0600)", k.out.display());
             println!("public key: {}", signer.public_hex());
             Ok(())

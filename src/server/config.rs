@@ -293,11 +293,56 @@ impl Default for Config {
     }
 }
 
+/// Why a principal's `tls_identity` is refused.
+#[derive(Debug, thiserror::Error)]
+enum IdentityError {
+    #[error(
+        "tls_identity {id:?} is a common name that looks like a URI; any certificate of the \
+         client CA can carry such a CN, so it cannot stand for a URI: {fix}"
+    )]
+    CnLooksLikeUri { id: String, fix: String },
+    #[error(
+        "tls_identity {0:?}: the common name after \"cn:\" must not be empty or begin or \
+         end with white space"
+    )]
+    CnBlankOrPadded(String),
+    #[error("tls_identity {id:?} contains {what}; write the common name without it")]
+    CnHidden { id: String, what: String },
+    #[error(
+        "tls_identity {id:?} is not a SPIFFE id: {why} (the form is \
+         spiffe://trust-domain/path)"
+    )]
+    NotSpiffe { id: String, why: SpiffeError },
+    #[error(
+        "tls_identity {id:?} does not say what it matches: write \"cn:{shown}\" to match \
+         the certificate's subject common name, or a \"spiffe://trust-domain/path\" id to \
+         match its URI SAN"
+    )]
+    Untyped { id: String, shown: String },
+}
+
+/// Which SPIFFE ID rule (spiffe.io, SPIFFE-ID.md) an id breaks.
+#[derive(Debug, thiserror::Error)]
+enum SpiffeError {
+    #[error("longer than 2048 bytes")]
+    TooLong,
+    #[error("the trust domain is missing")]
+    NoTrustDomain,
+    #[error(
+        "the trust domain may hold only lowercase letters, digits, '.', '-' and '_', not {0:?}"
+    )]
+    TrustDomainChar(char),
+    #[error("a path segment is empty, \".\" or \"..\" (or the path ends with '/')")]
+    EmptySegment,
+    #[error("the path may hold only letters, digits, '.', '-', '_' and '/', not {0:?}")]
+    PathChar(char),
+}
+
 /// Checks a principal's `tls_identity`: a SPIFFE id, matched against the
 /// certificate's URI SANs, or `cn:NAME`, matched against its subject CN.
 /// The kind is explicit because any certificate of the client CA can carry
 /// any CN: a CN that spells a SPIFFE id must not pass for one.
-fn check_tls_identity(id: &str) -> Result<(), String> {
+fn check_tls_identity(id: &str) -> Result<(), IdentityError> {
     if let Some(name) = id.strip_prefix("cn:") {
         let lower = name.to_ascii_lowercase();
         if name.contains("://") || lower.starts_with("spiffe:") {
@@ -308,79 +353,59 @@ fn check_tls_identity(id: &str) -> Result<(), String> {
                  certificate's URI SAN), or by a plain common name"
                     .to_string()
             };
-            return Err(format!(
-                "tls_identity {id:?} is a common name that looks like a URI; any \
-                 certificate of the client CA can carry such a CN, so it cannot stand for \
-                 a URI: {fix}"
-            ));
+            return Err(IdentityError::CnLooksLikeUri { id: id.into(), fix });
         }
         if name.trim().is_empty() || name.trim() != name {
-            return Err(format!(
-                "tls_identity {id:?}: the common name after \"cn:\" must not be empty or \
-                 begin or end with white space"
-            ));
+            return Err(IdentityError::CnBlankOrPadded(id.into()));
         }
-        if let Some(c) = super::untrusted::first_hidden_char(name) {
-            return Err(format!(
-                "tls_identity {id:?} contains {}; write the common name without it",
-                super::untrusted::describe_char(c)
-            ));
+        if let Some(c) = crate::contract::first_hidden_char(name) {
+            return Err(IdentityError::CnHidden {
+                id: id.into(),
+                what: crate::contract::describe_char(c),
+            });
         }
         return Ok(());
     }
     if id.starts_with("spiffe://") {
-        return check_spiffe_id(id).map_err(|why| {
-            format!(
-                "tls_identity {id:?} is not a SPIFFE id: {why} (the form is \
-                 spiffe://trust-domain/path)"
-            )
-        });
+        return check_spiffe_id(id).map_err(|why| IdentityError::NotSpiffe { id: id.into(), why });
     }
     let shown = if id.is_empty() { "NAME" } else { id };
-    Err(format!(
-        "tls_identity {id:?} does not say what it matches: write \"cn:{shown}\" to match \
-         the certificate's subject common name, or a \"spiffe://trust-domain/path\" id to \
-         match its URI SAN"
-    ))
+    Err(IdentityError::Untyped {
+        id: id.into(),
+        shown: shown.into(),
+    })
 }
 
 /// The SPIFFE ID rules (spiffe.io, SPIFFE-ID.md): a lowercase trust
 /// domain, then path segments of letters, digits, '.', '-' and '_', none
 /// empty, "." or "..".
-fn check_spiffe_id(id: &str) -> Result<(), String> {
+fn check_spiffe_id(id: &str) -> Result<(), SpiffeError> {
     let rest = &id["spiffe://".len()..];
     if id.len() > 2048 {
-        return Err("longer than 2048 bytes".into());
+        return Err(SpiffeError::TooLong);
     }
     let (domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if domain.is_empty() {
-        return Err("the trust domain is missing".into());
+        return Err(SpiffeError::NoTrustDomain);
     }
     if let Some(c) = domain
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
     {
-        return Err(format!(
-            "the trust domain may hold only lowercase letters, digits, '.', '-' and '_', \
-             not {c:?}"
-        ));
+        return Err(SpiffeError::TrustDomainChar(c));
     }
     if path.is_empty() {
         return Ok(());
     }
     for seg in path[1..].split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(
-                "a path segment is empty, \".\" or \"..\" (or the path ends with '/')".into(),
-            );
+            return Err(SpiffeError::EmptySegment);
         }
         if let Some(c) = seg
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
         {
-            return Err(format!(
-                "the path may hold only letters, digits, '.', '-', '_' and '/', not {c:?}"
-            ));
+            return Err(SpiffeError::PathChar(c));
         }
     }
     Ok(())

@@ -347,7 +347,7 @@ fn open_trail(config: &Config, metrics: Arc<Metrics>) -> Result<AuditWriter, Ser
         .as_deref()
         .map(CheckpointSigner::from_file)
         .transpose()
-        .map_err(ServeError::Setup)?;
+        .map_err(AuditError::from)?;
     Ok(AuditWriter::start(
         &config.audit_db,
         &instance_id(config),

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-pub use crate::contract::{describe_char, first_hidden_char};
+use crate::contract::first_hidden_char;
 
 /// What is stored instead of a caller's value that failed validation.
 pub fn invalid_note(bytes: &[u8]) -> String {
