@@ -5,6 +5,7 @@
 //! only validated or bounded values from the caller.
 
 use super::config::{PrincipalConfig, Role};
+use super::error::Refusal;
 use super::layer::CallContext;
 use super::untrusted::{bounded_identity, invalid_note};
 use crate::audit::{AuditHandle, Event, Kind};
@@ -214,132 +215,161 @@ impl OnBehalfOf {
     }
 }
 
+/// Who a call says it is: its token, or the certificate that named a
+/// principal, and what the trail records of it.
+struct Caller<'r> {
+    token: Option<&'r str>,
+    names: Option<CertificateNames>,
+    by_certificate: Option<Result<Option<(PrincipalConfig, String)>, Ambiguous>>,
+    /// The typed identity the trail records (bounded).
+    tls_identity: Option<String>,
+    on_behalf_of: OnBehalfOf,
+}
+
+impl<'r> Caller<'r> {
+    fn of(req: &'r Request<()>, auth: &Authenticator) -> Self {
+        let names = req.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| CertificateNames::from_der(c.as_ref()))
+        });
+        let token = bearer(req);
+        // Only a call without a token is named by its certificate.
+        let by_certificate = match (&token, &names) {
+            (None, Some(n)) => Some(
+                auth.by_certificate(n)
+                    .map(|found| found.map(|(p, id)| (p.clone(), id.to_string()))),
+            ),
+            _ => None,
+        };
+        let tls_identity = match &by_certificate {
+            Some(Ok(Some((_, id)))) => Some(id.clone()),
+            _ => names.as_ref().and_then(CertificateNames::presented),
+        };
+        Self {
+            token,
+            names,
+            by_certificate,
+            tls_identity,
+            on_behalf_of: OnBehalfOf::of(req),
+        }
+    }
+
+    /// The configured principal the credentials name, or why none.
+    fn principal(&self, auth: &Authenticator) -> Result<PrincipalConfig, Refusal> {
+        let found = match (&self.token, &self.by_certificate) {
+            (Some(t), _) => auth.by_token(t).cloned(),
+            (None, Some(Ok(p))) => p.as_ref().map(|(p, _)| p.clone()),
+            (None, _) => None,
+        };
+        found.ok_or(Refusal::Unauthenticated {
+            reason: if self.token.is_some() {
+                "unknown token"
+            } else if matches!(self.by_certificate, Some(Err(Ambiguous))) {
+                "certificate identity names several principals"
+            } else if self.names.is_some() {
+                "certificate identity names no principal"
+            } else {
+                "no credentials"
+            },
+        })
+    }
+}
+
+impl AuthInterceptor {
+    /// The principal may call this service: its role, and for exports the
+    /// analyst it calls for.
+    fn authorize(&self, p: &PrincipalConfig, caller: &Caller<'_>) -> Result<(), Refusal> {
+        if !p.roles.contains(&self.role) {
+            return Err(Refusal::MissingRole {
+                principal: p.name.clone(),
+                role: self.role.as_str(),
+            });
+        }
+        if self.needs_on_behalf_of {
+            match &caller.on_behalf_of {
+                OnBehalfOf::Valid(_) => {}
+                OnBehalfOf::Invalid {
+                    reason, message, ..
+                } => {
+                    return Err(Refusal::OnBehalfOf(crate::contract::FieldError {
+                        reason,
+                        message: message.clone(),
+                    }));
+                }
+                OnBehalfOf::Absent => {
+                    return Err(Refusal::OnBehalfOf(crate::contract::FieldError {
+                        reason: "missing on-behalf-of",
+                        message: format!(
+                            "{ON_BEHALF_OF} metadata is required: the analyst the export is \
+                             for (1 to 200 characters)"
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a refused call's attempt (an unknown caller's at the bounded
+    /// rate of its peer; see `refusals`) and makes its status.
+    fn deny(&self, ctx: Option<&CallContext>, mut attempt: Event, r: Refusal) -> Status {
+        attempt.detail = Some(serde_json::json!({ "reason": r.reason() }).to_string());
+        if let Some(c) = ctx {
+            c.note(|i| i.denied = true);
+            if attempt.principal.is_none() && !c.admit_refusal(&self.audit) {
+                return r.into();
+            }
+        }
+        self.audit.record(attempt);
+        r.into()
+    }
+}
+
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         // Fail closed before anything else: a call that cannot be recorded
         // is not taken (the trail is refused, or too many events wait for
         // the store).
         if !self.audit.is_accepting() {
-            return Err(super::error::ExportError::AuditUnavailable.into());
+            return Err(Refusal::NotRecordable.into());
         }
         let ctx = req.extensions().get::<CallContext>().cloned();
-        let request_id = ctx
-            .as_ref()
-            .map(|c| c.request_id.clone())
-            .unwrap_or_default();
-        let mut ev = Event::new(Kind::Attempt, request_id);
-        if let Some(c) = &ctx {
-            ev.method = Some(c.method.clone());
-            ev.peer = c.peer.clone();
-        }
-        let names = req.peer_certs().and_then(|certs| {
-            certs
-                .first()
-                .and_then(|c| CertificateNames::from_der(c.as_ref()))
-        });
-        let token = bearer(&req);
-        // Only a call without a token is named by its certificate.
-        let by_certificate = match (&token, &names) {
-            (None, Some(n)) => Some(self.auth.by_certificate(n)),
-            _ => None,
+        let caller = Caller::of(&req, &self.auth);
+        let mut attempt = match &ctx {
+            Some(c) => c.event(Kind::Attempt),
+            None => Event::new(Kind::Attempt, ""),
         };
-        let tls_identity = match &by_certificate {
-            Some(Ok(Some((_, id)))) => Some(id.to_string()),
-            _ => names.as_ref().and_then(CertificateNames::presented),
-        };
-        ev.tls_identity = tls_identity.clone();
-        let on_behalf_of = OnBehalfOf::of(&req);
-        ev.on_behalf_of = on_behalf_of.recorded();
+        attempt.tls_identity = caller.tls_identity.clone();
+        attempt.on_behalf_of = caller.on_behalf_of.recorded();
         if let Some(c) = &ctx {
             c.note(|i| {
-                i.on_behalf_of = on_behalf_of.recorded();
-                i.tls_identity = tls_identity.clone();
+                i.on_behalf_of = caller.on_behalf_of.recorded();
+                i.tls_identity = caller.tls_identity.clone();
             });
         }
-
-        let found = match (&token, by_certificate) {
-            (Some(t), _) => self.auth.by_token(t),
-            (None, Some(Ok(p))) => p.map(|(p, _)| p),
-            (None, _) => None,
+        let p = match caller.principal(&self.auth) {
+            Ok(p) => p,
+            Err(r) => return Err(self.deny(ctx.as_ref(), attempt, r)),
         };
-        let deny = |mut ev: Event, status: Status, reason: &str| {
-            ev.detail = Some(serde_json::json!({ "reason": reason }).to_string());
-            if let Some(c) = &ctx {
-                c.note(|i| i.denied = true);
-                // An unknown caller's refusals are recorded at a bounded
-                // rate per peer; the rest are counted in a summary.
-                if ev.principal.is_none() && !c.admit_refusal(&self.audit) {
-                    return Err(status);
-                }
-            }
-            self.audit.record(ev);
-            Err(status)
-        };
-        let Some(p) = found else {
-            let why = if token.is_some() {
-                "unknown token"
-            } else if matches!(by_certificate, Some(Err(Ambiguous))) {
-                "certificate identity names several principals"
-            } else if names.is_some() {
-                "certificate identity names no principal"
-            } else {
-                "no credentials"
-            };
-            return deny(
-                ev,
-                Status::unauthenticated(
-                    "missing or invalid credentials: send 'authorization: Bearer <token>' \
-                     or a client certificate known to the server",
-                ),
-                why,
-            );
-        };
-        ev.principal = Some(p.name.clone());
+        attempt.principal = Some(p.name.clone());
         if let Some(c) = &ctx {
             c.note(|i| i.principal = Some(p.name.clone()));
         }
-        if !p.roles.contains(&self.role) {
-            return deny(
-                ev,
-                Status::permission_denied(format!(
-                    "principal {:?} lacks the {} role",
-                    p.name,
-                    self.role.as_str()
-                )),
-                "missing role",
-            );
-        }
-        if self.needs_on_behalf_of {
-            match &on_behalf_of {
-                OnBehalfOf::Valid(_) => {}
-                OnBehalfOf::Invalid {
-                    reason, message, ..
-                } => {
-                    return deny(ev, Status::invalid_argument(message.clone()), reason);
-                }
-                OnBehalfOf::Absent => {
-                    return deny(
-                        ev,
-                        Status::invalid_argument(format!(
-                            "{ON_BEHALF_OF} metadata is required: the analyst the export is \
-                             for (1 to 200 characters)"
-                        )),
-                        "missing on-behalf-of",
-                    );
-                }
-            }
+        if let Err(r) = self.authorize(&p, &caller) {
+            return Err(self.deny(ctx.as_ref(), attempt, r));
         }
         let principal = Principal {
             name: p.name.clone(),
             roles: p.roles.clone(),
             tenants: p.tenants.clone(),
-            tls_identity,
-            on_behalf_of: match on_behalf_of {
-                OnBehalfOf::Valid(v) => Some(v),
+            tls_identity: caller.tls_identity.clone(),
+            on_behalf_of: match &caller.on_behalf_of {
+                OnBehalfOf::Valid(v) => Some(v.clone()),
                 _ => None,
             },
         };
-        let ack = self.audit.record_acked(ev);
+        let ack = self.audit.record_acked(attempt);
         if let Some(c) = &ctx {
             c.set_attempt_ack(ack);
         }

@@ -93,6 +93,64 @@ impl ExportError {
     }
 }
 
+/// Why the interceptor refused a call before its handler ran. Its codes
+/// are chosen here, beside `ExportError`'s, so every status the server
+/// sends is chosen in this module.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The trail is refused, or too many events wait for the store.
+    #[error("the audit store cannot record this call now, so it was not taken; retry later")]
+    NotRecordable,
+    /// No credentials, or none the server knows; `reason` for the trail.
+    #[error(
+        "missing or invalid credentials: send 'authorization: Bearer <token>' or a client \
+         certificate known to the server"
+    )]
+    Unauthenticated {
+        /// The audit reason (`no credentials`, `unknown token`, ...).
+        reason: &'static str,
+    },
+    /// The principal lacks the service's role.
+    #[error("principal {principal:?} lacks the {role} role")]
+    MissingRole {
+        /// The principal's name.
+        principal: String,
+        /// The role the service needs.
+        role: &'static str,
+    },
+    /// `x-on-behalf-of` is missing or breaks its rule.
+    #[error("{0}")]
+    OnBehalfOf(crate::contract::FieldError),
+}
+
+impl Refusal {
+    /// The gRPC code of this refusal.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotRecordable => Code::Unavailable,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
+            Self::MissingRole { .. } => Code::PermissionDenied,
+            Self::OnBehalfOf(_) => Code::InvalidArgument,
+        }
+    }
+
+    /// The reason the `attempt` event records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotRecordable => "not recordable",
+            Self::Unauthenticated { reason } => reason,
+            Self::MissingRole { .. } => "missing role",
+            Self::OnBehalfOf(e) => e.reason,
+        }
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Self {
+        Status::new(r.code(), r.to_string())
+    }
+}
+
 impl From<crate::contract::FieldError> for ExportError {
     fn from(e: crate::contract::FieldError) -> Self {
         Self::InvalidArgument(e.message)
