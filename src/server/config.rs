@@ -521,6 +521,14 @@ impl Config {
 
     /// Checks ranges that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_limits()?;
+        self.validate_principals()?;
+        self.validate_audit()?;
+        self.validate_listen()
+    }
+
+    /// Sizes, counts and times.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let v = |key, message: String| {
             Err(ConfigError::Value {
                 key,
@@ -580,6 +588,18 @@ impl Config {
                 "must be between 256 and 1048576".into(),
             );
         }
+        Ok(())
+    }
+
+    /// Names, token digests, identities and caps of the principals.
+    fn validate_principals(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
         let mut identities = std::collections::HashMap::new();
         for p in &self.principals {
             if let Some(id) = &p.tls_identity {
@@ -631,6 +651,18 @@ impl Config {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The trail's settings.
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
         if self.audit.max_queued_bytes < 1 << 20 {
             return v(
                 "audit.max_queued_bytes",
@@ -667,6 +699,18 @@ impl Config {
                 "must be between 1 and 1000000".into(),
             );
         }
+        Ok(())
+    }
+
+    /// Plaintext beyond loopback must be asked for.
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
         if !self.listen.ip().is_loopback() && !self.allow_plaintext && self.tls.is_none() {
             return v(
                 "listen",
