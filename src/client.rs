@@ -393,6 +393,7 @@ impl ExportClient {
 
 /// Reads chunks into `out` and the key after them, checking order, counts
 /// and digest against what the header and the key message announce.
+// Long: the stream's order checks (header, chunks, key) as one sequence.
 async fn receive<W: AsyncWrite + Unpin>(
     header: ExportHeader,
     mut stream: Streaming<ExportCaseResponse>,

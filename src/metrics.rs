@@ -49,6 +49,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh set of metrics with its own registry.
+    // Long: one registration per metric.
     pub fn new() -> Arc<Self> {
         let mut r = Registry::with_prefix("case_export");
         let m = Metrics {

@@ -188,6 +188,7 @@ pub fn locate(
 /// `our_key` when the server signs, and match the stored event at its
 /// sequence number; after a final checkpoint (a clean stop) nothing may
 /// follow it.
+// Long: the start rules in the order docs/AUDIT.md gives them.
 pub fn check_at_start(
     conn: &Connection,
     head: &Head,

@@ -36,6 +36,8 @@ fn first_case(db: &std::path::Path) -> Result<String, CliError> {
     })
 }
 
+// Long: the demo's set-up as the steps a person reads in its output.
+
 pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
     init_logging(log);
     if !a.listen.ip().is_loopback() {

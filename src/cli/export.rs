@@ -89,6 +89,8 @@ fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
     })
 }
 
+// Long: the command's flow from flags to files, in order.
+
 pub fn run(a: ExportArgs) -> CliResult {
     harden_process();
     if let Some(k) = &a.key_out

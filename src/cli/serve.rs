@@ -46,6 +46,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The file's config with every given flag or variable applied.
+    // Long: one override per flag, in the order the help lists them.
     pub fn resolve(&self) -> Result<Config, CliError> {
         // Keys set by a flag or variable: a refusal of those names no line.
         let mut overridden: Vec<&str> = Vec::new();

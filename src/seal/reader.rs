@@ -135,6 +135,7 @@ impl Opener {
     }
 
     /// Verifies one token (without its newline) and appends its data.
+    // Long: one branch per rule of docs/FORMAT.md, in the spec's order, so the two can be read side by side.
     pub fn push(&mut self, token: &str) -> Result<(), OpenError> {
         let index = self.next;
         if self.done {

@@ -261,6 +261,8 @@ impl<'c, 'o> Generator<'c, 'o> {
         Ok(())
     }
 
+    // Long: one row's columns drawn in a fixed order; the order is the seed's output.
+
     fn insert_subjects(
         &mut self,
         case_id: &str,
@@ -355,6 +357,8 @@ impl<'c, 'o> Generator<'c, 'o> {
         }
         Ok((first, self.next.subject))
     }
+
+    // Long: one row's columns drawn in a fixed order; the order is the seed's output.
 
     fn insert_transactions(
         &mut self,

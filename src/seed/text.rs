@@ -107,6 +107,7 @@ pub(super) fn push_money(out: &mut String, cents: i64) {
 }
 
 /// Appends one sentence of investigator prose plus a trailing space.
+// Long: a small grammar, one arm per sentence shape.
 pub(super) fn push_sentence(rng: &mut StdRng, out: &mut String) {
     match rng.gen_range(0..12) {
         0 => {

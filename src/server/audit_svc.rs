@@ -131,6 +131,8 @@ fn to_message(seq: u64, e: Event, hash: String) -> AuditEvent {
 impl AuditService for AuditSvc {
     type ListEventsStream = ReceiverStream<Result<AuditEvent, Status>>;
 
+    // Long: the page loop and each way it ends, in one place.
+
     async fn list_events(
         &self,
         request: Request<ListEventsRequest>,

@@ -528,6 +528,7 @@ impl Config {
     }
 
     /// Sizes, counts and times.
+    // Long: one check per key.
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let v = |key, message: String| {
             Err(ConfigError::Value {
@@ -592,6 +593,7 @@ impl Config {
     }
 
     /// Names, token digests, identities and caps of the principals.
+    // Long: one check per key.
     fn validate_principals(&self) -> Result<(), ConfigError> {
         let v = |key, message: String| {
             Err(ConfigError::Value {

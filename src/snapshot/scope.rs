@@ -150,6 +150,7 @@ pub(crate) fn source_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> 
 
 impl ScopeGraph {
     /// Discovers the graph from the attached source's declared foreign keys.
+    // Long: the scope rules of docs/SNAPSHOT.md applied in their documented order.
     pub fn discover(conn: &Connection, cfg: &ScopeConfig) -> Result<Self, SnapshotError> {
         let internal = SnapshotError::Internal;
         let names = source_tables(conn).map_err(internal)?;

@@ -71,6 +71,7 @@ pub(super) struct Admitted {
 
 /// The attempt on record first (fail closed: nothing is read before), then
 /// the request's values, the drain, the slots, and the `started` event.
+// Long: the fail-closed order of admission written as code; each step depends on the one before.
 async fn admit(
     st: &ServerState,
     request: Request<ExportCaseRequest>,
