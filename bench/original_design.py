@@ -9,7 +9,7 @@ returned it in one JSON body:
      "filename": "case_offline_<id>.enc", "warning": "..."}
 
 This script does exactly that to the bytes of a snapshot file (written by
-benches/export.rs) and prints one JSON line with the time of each phase and
+benches/export/) and prints one JSON line with the time of each phase and
 the process's peak RSS. Reading the file is not timed (the original had the
 bytes in memory already); everything from key generation to the encoded
 response body is. Peak RSS is VmHWM from /proc/self/status (see below for

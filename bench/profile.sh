@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Profiles where the time of one export goes, with the bench harness's
-# --profile mode (benches/export.rs). Writes text reports to
+# --profile mode (benches/export/). Writes text reports to
 # target/bench/profile-*.txt.
 #
 #   bench/profile.sh [MIB] [N]     default: a 64 MiB snapshot, 3 exports

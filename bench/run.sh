@@ -5,10 +5,10 @@
 #   bench/run.sh --quick    smaller sizes and fewer reps, about 2-3 minutes
 #
 # Installs what is missing (Debian: age, sqlite3; pip: cryptography), builds
-# the release binary and the bench harness, runs benches/export.rs, and
+# the release binary and the bench harness, runs benches/export/, and
 # writes the results table to target/bench/results.md (and results.json),
 # printing it at the end. Other options are passed to the harness (see the
-# header of benches/export.rs), e.g. --only seal,e2e or --reps 7.
+# header of benches/export/main.rs), e.g. --only seal,e2e or --reps 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,8 +15,7 @@
 //!   and a foreign key without a column list;
 //! * a view and a trigger, which never leave.
 
-mod support;
-
+use crate::support::{literal, query_rows, quote_ident, table_names};
 use case_export::seal::ExportId;
 use case_export::snapshot::{
     MANIFEST_TABLE, ScopeConfig, Snapshot, SnapshotError, SnapshotRequest, SnapshotView,
@@ -25,7 +24,6 @@ use case_export::snapshot::{
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{literal, query_rows, quote_ident, table_names};
 use tempfile::TempDir;
 
 const SCHEMA: &str = r#"
@@ -313,11 +311,11 @@ fn case_takes_exactly_its_rows() {
         ],
     );
     assert_eq!(
-        support::column_names(v.connection(), "order items"),
+        crate::support::column_names(v.connection(), "order items"),
         ["id", "case_code", "say \"hi\"", "qty"]
     );
     assert_eq!(
-        support::column_names(v.connection(), "exhibits"),
+        crate::support::column_names(v.connection(), "exhibits"),
         ["tag", "case_code", "category", "weight \"kg\""]
     );
 
@@ -411,7 +409,7 @@ fn schema_sql(conn: &Connection, tables: &[&str]) -> Vec<Vec<String>> {
 #[test]
 fn snapshot_keeps_the_source_schema_text_of_exported_tables() {
     let fx = fixture(false);
-    let src = support::open_ro(&fx.path);
+    let src = crate::support::open_ro(&fx.path);
     let mut s = build(&fx.path, "A-1");
     let v = open(&mut s);
     let snap = v.connection();

@@ -3,8 +3,7 @@
 //! codes and their messages, freed slots, the in-flight limit, graceful
 //! shutdown, and (through the real binary) no plaintext on disk.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use case_export::client::{ClientError, Receipt};
@@ -14,101 +13,20 @@ use case_export::pb::export_service_server::{ExportService, ExportServiceServer}
 use case_export::pb::{
     EncryptedChunk, ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey,
 };
-use case_export::seal::{FORMAT_VERSION, KEY_WARNING, Opener, SecretKey, open_reader};
-use case_export::seed::{SeedOptions, seed_demo};
+use case_export::seal::{FORMAT_VERSION, KEY_WARNING, Opener, SecretKey};
+use case_export::seed::seed_demo;
 use case_export::snapshot::{MANIFEST_TABLE, SnapshotView};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
-use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
-use support::*;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
-
-/// Largest plaintext the tests' readers accept.
-const READ_LIMIT: u64 = 1 << 30;
 /// Against hangs only; nothing here is expected to take more than a second
 /// or two, except shutdown, which may wait out grace + 5 s.
 const BOUND: Duration = Duration::from_secs(15);
-/// How long a freed slot may take to be seen as free.
-const SLOT_DEADLINE: Duration = Duration::from_secs(10);
-const PURPOSE: &str = "TICKET-4711: integration test";
-
-/// Cases large enough that a stalled reader leaves the server's producer
-/// blocked: ~360 KiB of snapshot in 4 KiB chunks against a 64 KiB window.
-fn big_seed() -> SeedOptions {
-    SeedOptions {
-        rows_per_case: 400,
-        ..small_seed()
-    }
-}
-
-/// Many small chunks, a one-message channel: a stalled client stalls the
-/// producer right away.
-fn stall_prone(c: &mut case_export::server::Config) {
-    c.chunk_size = 4096;
-    c.channel_depth = 1;
-    c.seal_workers = 1;
-}
-
-fn request(case_id: &str, purpose: &str) -> ExportCaseRequest {
-    ExportCaseRequest {
-        case_id: case_id.to_string(),
-        purpose: purpose.to_string(),
-    }
-}
-
-/// Decrypts the export in `enc` and opens its snapshot, checking it is the
-/// export the receipt describes.
-#[track_caller]
-fn open_export(enc: &[u8], receipt: &Receipt) -> SnapshotView {
-    let opened = open_reader(BufReader::new(enc), &receipt.key, READ_LIMIT)
-        .expect("the export opens with the receipt's key");
-    assert_eq!(hex::encode(opened.sha256), receipt.ciphertext_sha256);
-    assert_eq!(opened.chunks, receipt.chunks);
-    assert_eq!(opened.export_id.to_hex(), receipt.export_id);
-    assert_eq!(opened.plaintext.len() as u64, receipt.plaintext_size);
-    let view = SnapshotView::open(&opened.plaintext).expect("the plaintext is a SQLite database");
-    assert!(view.integrity_ok().expect("integrity_check runs"));
-    view
-}
-
-/// One complete export through the library client, checked and opened.
-async fn export_and_open(url: &str, case_id: &str) -> Result<SnapshotView, ClientError> {
-    let mut c = client(url).await;
-    let mut enc = Vec::new();
-    let receipt = c.export_case(case_id, PURPOSE, &mut enc, |_, _| {}).await?;
-    let view = open_export(&enc, &receipt);
-    let m = view.manifest().expect("manifest");
-    assert_eq!(m.case_id, case_id);
-    Ok(view)
-}
-
-/// A good export must succeed now (the server is healthy and no slot leaked).
-async fn assert_good_export(url: &str, case_id: &str) {
-    if let Err(e) = export_and_open(url, case_id).await {
-        panic!("a good export of {case_id} failed after an earlier error: {e}");
-    }
-}
-
-/// Retries a good export while the server answers "busy", until it works.
-async fn good_export_once_slot_frees(url: &str, case_id: &str) {
-    eventually(
-        "a new export after the slot was freed",
-        SLOT_DEADLINE,
-        || async {
-            match export_and_open(url, case_id).await {
-                Ok(_) => Ok(()),
-                Err(e @ ClientError::Busy(_)) => Err(e.to_string()),
-                Err(e) => panic!("unexpected failure while waiting for a free slot: {e}"),
-            }
-        },
-    )
-    .await;
-}
 
 /// Checks a status message says nothing about the filesystem or SQL.
 #[track_caller]
@@ -130,15 +48,6 @@ fn assert_message_is_safe(status: &Status, paths: &[&Path]) {
             !lower.contains(needle),
             "status message contains {needle:?}: {msg:?}"
         );
-    }
-}
-
-/// The status of a call that must be refused before any message.
-async fn refused(url: &str, req: ExportCaseRequest) -> Status {
-    let mut raw = raw_client(url).await;
-    match raw.export_case(authed(req)).await {
-        Ok(_) => panic!("the call was accepted"),
-        Err(s) => s,
     }
 }
 
@@ -474,7 +383,7 @@ async fn refused_requests_get_precise_codes_and_server_stays_healthy() {
     let server = start_server(|c| c.max_in_flight = 1).await;
     let good = server.case_ids[0].clone();
     let db = server.case_db().to_path_buf();
-    let paths = [db.as_path(), server.dir.path()];
+    let paths = [db.as_path(), server.dir()];
     let cases: [(&str, &str, Code); 7] = [
         ("../x", PURPOSE, Code::InvalidArgument),
         ("a'b", PURPOSE, Code::InvalidArgument),
@@ -523,7 +432,7 @@ async fn case_over_snapshot_ceiling_fails_precondition() {
         c.max_in_flight = 1;
     })
     .await;
-    let paths = [server.case_db(), server.dir.path()];
+    let paths = [server.case_db(), server.dir()];
     for case_id in &server.case_ids {
         let s = refused(&server.url, request(case_id, PURPOSE)).await;
         // Every demo case is far over 64 KiB; with one slot, a leaked
@@ -549,23 +458,9 @@ async fn case_over_snapshot_ceiling_fails_precondition() {
 
 /// The standard health service says the export service is serving.
 async fn assert_serving(url: &str) {
-    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut h = HealthClient::new(channel);
-    let r = h
-        .check(HealthCheckRequest {
-            service: "case_export.v1.ExportService".into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner();
-    assert_eq!(r.status, ServingStatus::Serving as i32);
+    let status = export_health(url).await.expect("health check");
+    assert_eq!(status, ServingStatus::Serving as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,7 +474,7 @@ async fn missing_case_db_is_unavailable_until_it_appears() {
         let s = refused(&server.url, request(case_id, PURPOSE)).await;
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
         assert!(s.message().contains("not found"), "{s:?}");
-        assert_message_is_safe(&s, &[&missing, server.dir.path()]);
+        assert_message_is_safe(&s, &[&missing, server.dir()]);
     }
     // The database appears: the same server now exports from it.
     std::fs::create_dir(missing.parent().expect("parent")).expect("mkdir");
@@ -592,7 +487,7 @@ async fn non_sqlite_case_db_is_unavailable_until_replaced() {
     let server = start_server(|c| c.max_in_flight = 1).await;
     let db = server.case_db().to_path_buf();
     // Keep the good database aside and put random bytes in its place.
-    let aside = server.dir.path().join("good.db");
+    let aside = server.dir().join("good.db");
     std::fs::rename(&db, &aside).expect("move the database aside");
     let mut noise = vec![0u8; 64 * 1024];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
@@ -601,7 +496,7 @@ async fn non_sqlite_case_db_is_unavailable_until_replaced() {
         let s = refused(&server.url, request(case_id, PURPOSE)).await;
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
         assert!(s.message().contains("not a SQLite database"), "{s:?}");
-        assert_message_is_safe(&s, &[&db, server.dir.path()]);
+        assert_message_is_safe(&s, &[&db, server.dir()]);
     }
     std::fs::rename(&aside, &db).expect("put the database back");
     assert_good_export(&server.url, &server.case_ids[0]).await;
@@ -623,14 +518,14 @@ async fn dropped_stream_frees_its_slot() {
     let (raw, stream, _) = held_export(&server.url, &case_id, 0).await;
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
-    good_export_once_slot_frees(&server.url, &case_id).await;
+    good_export_eventually(&server.url, &case_id).await;
     drop(raw);
 
     // Dropped after a few chunks, the connection kept open.
     let (raw, stream, _) = held_export(&server.url, &case_id, 3).await;
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
-    good_export_once_slot_frees(&server.url, &case_id).await;
+    good_export_eventually(&server.url, &case_id).await;
     drop(raw);
 
     // The whole connection closed mid-stream.
@@ -638,7 +533,7 @@ async fn dropped_stream_frees_its_slot() {
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
     drop(raw);
-    good_export_once_slot_frees(&server.url, &case_id).await;
+    good_export_eventually(&server.url, &case_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,7 +549,7 @@ async fn in_flight_limit_refuses_with_resource_exhausted() {
     let s = refused(&server.url, request(&server.case_ids[1], PURPOSE)).await;
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(s.message().contains("limit 1"), "{s:?}");
-    assert_message_is_safe(&s, &[server.case_db(), server.dir.path()]);
+    assert_message_is_safe(&s, &[server.case_db(), server.dir()]);
     let mut c = client(&server.url).await;
     match c
         .export_case(&case_id, PURPOSE, &mut Vec::new(), |_, _| {})
@@ -682,7 +577,7 @@ async fn in_flight_limit_refuses_with_resource_exhausted() {
     assert_eq!(chunks, header.chunk_count);
     assert_eq!(key.chunk_count, chunks);
     assert!(held.message().await.expect("clean end").is_none());
-    good_export_once_slot_frees(&server.url, &server.case_ids[1]).await;
+    good_export_eventually(&server.url, &server.case_ids[1]).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -731,7 +626,7 @@ async fn shutdown_with_a_held_stream_finishes() {
     .await;
     if let Some(s) = end {
         assert_ne!(s.code(), Code::Ok);
-        assert_message_is_safe(&s, &[server.case_db(), server.dir.path()]);
+        assert_message_is_safe(&s, &[server.case_db(), server.dir()]);
     }
 }
 
@@ -740,63 +635,28 @@ async fn shutdown_with_a_held_stream_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serve_writes_no_plaintext_to_disk() {
-    use tokio::io::AsyncBufReadExt;
     let db = seeded_db(&small_seed());
     let tmpdir = tempfile::tempdir().expect("tmpdir");
     let cwd = tempfile::tempdir().expect("cwd");
     let out = tempfile::tempdir().expect("out");
 
     // Credentials can only come from a config file; it lives beside the
-    // database, outside TMPDIR and the working directory.
-    let config_path = db.dir.path().join("server.toml");
-    let p = test_principal();
-    std::fs::write(
+    // database, outside TMPDIR and the working directory, and so do the
+    // custody trail (not what this test checks) and the server's log.
+    let config_path = write_config(&db.dir.path().join("server.toml"), "");
+    let server = ServerProcess::start_custom(
         &config_path,
-        format!(
-            "[[principals]]\nname = {:?}\ntoken_sha256 = {:?}\nroles = [\"exporter\"]\n",
-            p.name,
-            p.token_sha256.expect("digest")
-        ),
-    )
-    .expect("write config");
-
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_case-export"));
-    // Nothing from the outer environment may steer the server.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--case-db")
-        .arg(&db.path)
-        // Kept out of cwd: the custody trail is not what this test checks.
-        .arg("--audit-db")
-        .arg(db.dir.path().join("audit.db"))
-        .arg("--shutdown-grace-secs")
-        .arg("2")
-        .env("TMPDIR", tmpdir.path())
-        .env("RUST_LOG", "warn")
-        .current_dir(cwd.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    // kill_on_drop: a failing test still ends its child.
-    let mut child = cmd.spawn().expect("spawn case-export serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = within("the listening line", BOUND, lines.next_line())
-        .await
-        .expect("read stdout")
-        .expect("the server printed a line");
-    let addr = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    let url = format!("http://{addr}");
+        &db.path,
+        &db.dir.path().join("audit.db"),
+        db.dir.path(),
+        &[],
+        |cmd| {
+            cmd.env("TMPDIR", tmpdir.path())
+                .env("RUST_LOG", "warn")
+                .current_dir(cwd.path());
+        },
+    );
+    let url = server.url();
 
     let case_id = &db.case_ids[3];
     {
@@ -814,17 +674,7 @@ async fn binary_serve_writes_no_plaintext_to_disk() {
         [format!("case_offline_{case_id}.enc")]
     );
 
-    let pid = child.id().expect("child still running");
-    // SAFETY: sends SIGTERM to our own child, whose pid we hold.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill(SIGTERM)");
-    let status = within(
-        "the server exits after SIGTERM",
-        Duration::from_secs(20),
-        child.wait(),
-    )
-    .await
-    .expect("wait for the child");
+    let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
 
     assert_eq!(
@@ -852,10 +702,8 @@ async fn plaintext_off_loopback_is_refused_before_anything_is_sent() {
     // reaches the test server while naming a host that is not loopback.
     let url = format!("http://0.0.0.0:{}", server.addr.port());
     let opts = |allow_plaintext: bool| ClientOptions {
-        token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
-        on_behalf_of: Some(ANALYST.to_string()),
         allow_plaintext,
-        ..ClientOptions::default()
+        ..test_client_options()
     };
     let Err(e) = ExportClient::connect_with(&url, opts(false)).await else {
         panic!("connected to {url} in plaintext without being told to");

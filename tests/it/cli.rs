@@ -2,17 +2,15 @@
 //! exact error lines, file modes, and what `view` and `export` print.
 //!
 //! `.enc` fixtures for `open` and `view` are sealed with the library from a
-//! real snapshot of a seeded database (`common::seal_case`); the `export`
+//! real snapshot of a seeded database (`support::seal_case`); the `export`
 //! scenarios run against a real `serve` child.
 
-mod common;
-
+use crate::support::{
+    ANALYST, Sealed, SeededDb, ServerProcess, TOKEN, bin, dir_entries, mode, one_error_line, run,
+    seal_case, seeded_db, sha256_file, small_seed, stderr_of, stdout_of,
+};
 use case_export::seal::{KEY_WARNING, OpenError, SecretKey, open_reader};
 use case_export::snapshot::SnapshotView;
-use common::{
-    Sealed, ServerProcess, TEST_ANALYST, TEST_TOKEN, bin, listing, mode, one_error_line, run,
-    seal_case, seed_db, sha256_file, stderr_of, stdout_of,
-};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
@@ -27,9 +25,13 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = seed_db(dir.path());
-        let sealed = seal_case(&db.path, &db.case_ids[0], &dir.path().join("case.enc"));
+        let SeededDb {
+            dir,
+            path,
+            case_ids,
+            ..
+        } = seeded_db(&small_seed());
+        let sealed = seal_case(&path, &case_ids[0], &dir.path().join("case.enc"));
         let key_file = dir.path().join("case.key");
         std::fs::write(&key_file, format!("{}\n", sealed.key)).unwrap();
         Self {
@@ -124,7 +126,11 @@ fn open_with_wrong_key_says_authentication_failed_in_one_line() {
         )
     );
     assert!(stdout_of(&o).is_empty());
-    assert_eq!(listing(&out_dir), Vec::<String>::new(), "nothing written");
+    assert_eq!(
+        dir_entries(&out_dir),
+        Vec::<String>::new(),
+        "nothing written"
+    );
 }
 
 #[test]
@@ -142,7 +148,7 @@ fn open_missing_file_names_the_file() {
     let prefix = format!("case-export: cannot open {}: ", missing.display());
     assert!(line.starts_with(&prefix), "{line}");
     assert!(line.contains("No such file or directory"), "{line}");
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 }
 
 #[test]
@@ -175,7 +181,7 @@ fn open_with_malformed_key_says_it_is_not_a_fernet_key() {
         assert_eq!(line, expected);
         assert!(!line.contains(bad_text), "key text echoed: {line}");
     }
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 }
 
 #[test]
@@ -197,7 +203,7 @@ fn open_without_any_key_source_says_how_to_give_one() {
         line,
         "case-export: no key given: pass --key-file PATH or set CASE_EXPORT_KEY"
     );
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 }
 
 #[test]
@@ -225,7 +231,7 @@ fn open_truncated_file_says_truncated() {
         )
     );
     assert!(line.ends_with(&OpenError::Truncated.to_string()));
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------
@@ -284,7 +290,7 @@ fn open_out_refuses_existing_file_unless_forced() {
     assert_eq!(sha256_file(&out), f.sealed.plaintext_sha256, "replaced");
     assert_eq!(mode(&out), 0o600, "decrypted database is private");
     assert_snapshot_db(&out, &f.sealed.case_id);
-    assert_eq!(listing(&out_dir), vec!["case.db"], "no temp file left");
+    assert_eq!(dir_entries(&out_dir), vec!["case.db"], "no temp file left");
 }
 
 // ---------------------------------------------------------------------------
@@ -307,7 +313,7 @@ fn view_counts(stdout: &str) -> Vec<(String, u64)> {
 fn view_prints_manifest_and_counts_and_writes_nothing() {
     let f = Fixture::new();
     let cwd = tempfile::tempdir().unwrap();
-    let fixture_before = listing(f.dir.path());
+    let fixture_before = dir_entries(f.dir.path());
     let o = run(bin()
         .current_dir(cwd.path())
         .arg("view")
@@ -348,11 +354,11 @@ fn view_prints_manifest_and_counts_and_writes_nothing() {
     assert!(!out.contains(&f.sealed.key), "the key is not shown");
 
     assert_eq!(
-        listing(cwd.path()),
+        dir_entries(cwd.path()),
         Vec::<String>::new(),
         "view wrote a file"
     );
-    assert_eq!(listing(f.dir.path()), fixture_before);
+    assert_eq!(dir_entries(f.dir.path()), fixture_before);
 }
 
 #[test]
@@ -404,12 +410,11 @@ struct ServerFixture {
 }
 
 fn server_fixture() -> ServerFixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = seed_db(dir.path());
-    let server = ServerProcess::start(&db.path, dir.path(), &[]);
+    let db = seeded_db(&small_seed());
+    let server = ServerProcess::start(&db.path, db.dir.path(), &[]);
     ServerFixture {
         case_id: db.case_ids[0].clone(),
-        dir,
+        dir: db.dir,
         server,
     }
 }
@@ -440,10 +445,10 @@ fn export_with_key_out_writes_only_the_key_to_a_private_file() {
     let export = || {
         run(bin()
             .arg("export")
-            .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-            .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
-            .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-            .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+            .env("CASE_EXPORT_TOKEN", TOKEN)
+            .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
+            .env("CASE_EXPORT_TOKEN", TOKEN)
+            .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
             .args(["--server", &s.server.url()])
             .args(["--case", &s.case_id])
             .args(["--purpose", "T-CLI key-out"])
@@ -496,8 +501,8 @@ fn export_without_key_out_prints_the_key_once_on_stdout() {
     std::fs::create_dir(&out_dir).unwrap();
     let o = run(bin()
         .arg("export")
-        .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-        .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+        .env("CASE_EXPORT_TOKEN", TOKEN)
+        .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
         .args(["--server", &s.server.url()])
         .args(["--case", &s.case_id])
         .args(["--purpose", "T-CLI stdout"])
@@ -517,7 +522,7 @@ fn export_without_key_out_prints_the_key_once_on_stdout() {
     let enc = check_exported_line(&err, &s.case_id, &out_dir);
     let (_, case) = open_with_library(&enc, key);
     assert_eq!(case, s.case_id);
-    assert_eq!(listing(&out_dir).len(), 1, "only the .enc");
+    assert_eq!(dir_entries(&out_dir).len(), 1, "only the .enc");
 }
 
 #[test]
@@ -527,8 +532,8 @@ fn export_of_unknown_case_says_case_not_found() {
     std::fs::create_dir(&out_dir).unwrap();
     let o = run(bin()
         .arg("export")
-        .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-        .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+        .env("CASE_EXPORT_TOKEN", TOKEN)
+        .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
         .args(["--server", &s.server.url()])
         .args(["--case", "no-such-case"])
         .args(["--purpose", "T-CLI missing"])
@@ -537,7 +542,11 @@ fn export_of_unknown_case_says_case_not_found() {
     let line = one_error_line(&o);
     assert_eq!(line, "case-export: case not found");
     assert_eq!(stdout_of(&o), "");
-    assert_eq!(listing(&out_dir), Vec::<String>::new(), "no partial file");
+    assert_eq!(
+        dir_entries(&out_dir),
+        Vec::<String>::new(),
+        "no partial file"
+    );
 }
 
 #[test]
@@ -552,8 +561,8 @@ fn export_to_a_closed_port_says_cannot_connect() {
     let url = format!("http://127.0.0.1:{port}");
     let o = run(bin()
         .arg("export")
-        .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-        .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+        .env("CASE_EXPORT_TOKEN", TOKEN)
+        .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
         .args(["--server", &url])
         .args(["--case", "any-case"])
         .args(["--purpose", "T-CLI closed"])
@@ -565,7 +574,7 @@ fn export_to_a_closed_port_says_cannot_connect() {
         "{line}"
     );
     assert_eq!(stdout_of(&o), "");
-    assert_eq!(listing(dir.path()), Vec::<String>::new());
+    assert_eq!(dir_entries(dir.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -579,8 +588,8 @@ fn export_in_plaintext_off_loopback_is_refused_unless_allowed() {
     let export = |allow: bool| {
         let mut c = bin();
         c.arg("export")
-            .env("CASE_EXPORT_TOKEN", TEST_TOKEN)
-            .env("CASE_EXPORT_ON_BEHALF_OF", TEST_ANALYST)
+            .env("CASE_EXPORT_TOKEN", TOKEN)
+            .env("CASE_EXPORT_ON_BEHALF_OF", ANALYST)
             .args(["--server", &url])
             .args(["--case", &s.case_id])
             .args(["--purpose", "T-CLI plaintext"])
@@ -603,7 +612,7 @@ fn export_in_plaintext_off_loopback_is_refused_unless_allowed() {
         )
     );
     assert_eq!(stdout_of(&o), "");
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 
     let o = export(true);
     let err = stderr_of(&o);
@@ -631,7 +640,7 @@ fn open_with_a_file_that_is_not_a_key_file_says_so() {
             f.sealed.enc.display()
         )
     );
-    assert_eq!(listing(&out_dir), Vec::<String>::new());
+    assert_eq!(dir_entries(&out_dir), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------
@@ -682,11 +691,23 @@ fn seed_demo_refuses_an_existing_file() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
-    // A database seeded before is refused the same way.
-    let db = seed_db(dir.path());
-    let digest = sha256_file(&db.path);
-    let o = run(bin().arg("seed-demo").arg("--db").arg(&db.path));
+    // A database the command seeded before is refused the same way.
+    let db = dir.path().join("cases.db");
+    let o = run(bin().arg("seed-demo").arg("--db").arg(&db).args([
+        "--cases",
+        "3",
+        "--rows-per-case",
+        "40",
+    ]));
+    assert!(
+        o.status.success(),
+        "seed-demo failed: {}\n{}",
+        stdout_of(&o),
+        stderr_of(&o)
+    );
+    let digest = sha256_file(&db);
+    let o = run(bin().arg("seed-demo").arg("--db").arg(&db));
     let line = one_error_line(&o);
     assert!(line.ends_with("already exists: pass a new path"), "{line}");
-    assert_eq!(sha256_file(&db.path), digest);
+    assert_eq!(sha256_file(&db), digest);
 }

@@ -18,9 +18,9 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const GENERATE: &str = include_str!("data/fernet/generate.json");
-const VERIFY: &str = include_str!("data/fernet/verify.json");
-const INVALID: &str = include_str!("data/fernet/invalid.json");
+const GENERATE: &str = include_str!("../data/fernet/generate.json");
+const VERIFY: &str = include_str!("../data/fernet/verify.json");
+const INVALID: &str = include_str!("../data/fernet/invalid.json");
 
 #[derive(Debug, Deserialize)]
 struct GenerateVector {

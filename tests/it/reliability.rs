@@ -10,8 +10,7 @@
 //! Orderings are proven by states that cannot be reached otherwise (a
 //! stalled reader, a held lock), never by sleeping.
 
-mod support;
-
+use crate::support::*;
 use case_export::audit::{Event, Kind, verify_log};
 use case_export::client::{ClientError, Receipt};
 use case_export::pb::export_case_response::Message as Msg;
@@ -27,7 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use support::*;
 use tonic::{Code, Status, Streaming};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -38,33 +36,8 @@ const BOUND: Duration = Duration::from_secs(30);
 /// How long a state that must come (a freed slot, an audit event, a health
 /// status) may take to show.
 const DEADLINE: Duration = Duration::from_secs(10);
-const READ_LIMIT: u64 = 1 << 30;
 /// Granularity of the server's memory budget (src/server/budget.rs).
 const BUDGET_UNIT: u64 = 64 * 1024;
-
-/// Cases of ~360 KiB: about 90 chunks of 4 KiB, far more than a 64 KiB
-/// window and a short channel hold, so a reader that stops stalls the
-/// server's producer.
-fn big_seed() -> SeedOptions {
-    SeedOptions {
-        rows_per_case: 400,
-        ..small_seed()
-    }
-}
-
-/// Many small chunks and a one-message channel.
-fn stall_prone(c: &mut Config) {
-    c.chunk_size = 4096;
-    c.channel_depth = 1;
-    c.seal_workers = 1;
-}
-
-fn request(case_id: &str) -> ExportCaseRequest {
-    ExportCaseRequest {
-        case_id: case_id.to_string(),
-        purpose: PURPOSE.to_string(),
-    }
-}
 
 fn with_metrics(c: &mut Config) {
     c.metrics_listen = Some(free_loopback_addr());
@@ -81,11 +54,6 @@ async fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> f64
     let text = eventually("a metrics scrape", DEADLINE, || scrape_metrics(addr)).await;
     metric_value(&text, name, labels).unwrap_or(0.0)
 }
-
-/// The metrics registry is process-wide: tests that make or count
-/// cancelled calls run one at a time within this test binary (`cargo test`
-/// runs a binary's tests as threads of one process).
-static CANCEL_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `exports_finished{outcome="cancelled"}`, all codes.
 async fn cancelled_count(server: &TestServer) -> f64 {
@@ -106,52 +74,6 @@ async fn bytes_held(server: &TestServer) -> u64 {
 /// snapshot and its stream buffers, in whole budget units.
 fn held_for(plaintext: u64, config: &Config) -> u64 {
     (plaintext + config.stream_buffer_bytes()).div_ceil(BUDGET_UNIT) * BUDGET_UNIT
-}
-
-/// Opens an export with its key and checks it against the receipt.
-#[track_caller]
-fn verify_receipt(enc: &[u8], receipt: &Receipt) {
-    let opened = open_reader(BufReader::new(enc), &receipt.key, READ_LIMIT)
-        .expect("the export opens with its key");
-    assert_eq!(hex::encode(opened.sha256), receipt.ciphertext_sha256);
-    assert_eq!(opened.plaintext.len() as u64, receipt.plaintext_size);
-    assert_eq!(&opened.plaintext[..16], b"SQLite format 3\0");
-}
-
-/// One export through the library client, opened and checked.
-async fn export_verified(url: &str, case_id: &str) -> Result<Receipt, ClientError> {
-    let mut enc = Vec::new();
-    let receipt = client(url)
-        .await
-        .export_case(case_id, PURPOSE, &mut enc, |_, _| {})
-        .await?;
-    verify_receipt(&enc, &receipt);
-    Ok(receipt)
-}
-
-/// A good export, retried while the server answers "busy" (a slot or
-/// budget not yet given back); any other failure fails the test.
-async fn good_export_eventually(url: &str, case_id: &str) -> Receipt {
-    eventually("a good export", DEADLINE, || async {
-        match export_verified(url, case_id).await {
-            Ok(r) => Ok(r),
-            Err(e @ ClientError::Busy(_)) => Err(e.to_string()),
-            Err(e) => panic!("a good export of {case_id} failed: {e}"),
-        }
-    })
-    .await
-}
-
-/// The status of a call refused before its first message.
-async fn refused(url: &str, case_id: &str) -> Status {
-    match raw_client(url)
-        .await
-        .export_case(authed(request(case_id)))
-        .await
-    {
-        Ok(_) => panic!("the export of {case_id} was accepted"),
-        Err(s) => s,
-    }
 }
 
 /// Status messages say what to do, never where the data lives.
@@ -201,10 +123,6 @@ async fn call_events(audit_db: &Path, export_id: &str) -> Vec<Event> {
     .await
 }
 
-fn kinds(evs: &[Event]) -> Vec<Kind> {
-    evs.iter().map(|e| e.kind).collect()
-}
-
 /// Checks the whole trail: chain intact, and every call ended (a call's
 /// end is queued as the call ends and written just after, so wait for it).
 async fn assert_trail_intact(audit_db: &Path) {
@@ -233,7 +151,9 @@ enum LeaveAt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() {
-    let _serial = CANCEL_COUNTER.lock().await;
+    // Counts cancelled calls of the process-wide registry: no other test's
+    // server may cancel one meanwhile.
+    let _all_metrics = metrics_exclusive();
     let server = start_server_with(&big_seed(), |c| {
         stall_prone(c);
         c.max_in_flight = 1;
@@ -250,7 +170,7 @@ async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() 
     {
         let mut raw = raw_client_small_window(&server.url).await;
         let mut stream = raw
-            .export_case(authed(request(&case_id)))
+            .export_case(authed(request(&case_id, PURPOSE)))
             .await
             .expect("export starts")
             .into_inner();
@@ -379,17 +299,17 @@ async fn wal_source_with_a_long_write_transaction_exports_the_committed_state() 
     // Exports go on, and see the last committed state (twice, and another
     // case too, all while the transaction stays open).
     for _ in 0..2 {
-        let r = export_verified(&server.url, &case_id)
+        let r = export_checked(&server.url, &case_id)
             .await
             .expect("export during a write transaction");
         assert_eq!(exported_transactions(&r), committed);
     }
-    export_verified(&server.url, &server.case_ids[1])
+    export_checked(&server.url, &server.case_ids[1])
         .await
         .expect("another case during the write transaction");
 
     writer.execute_batch("COMMIT").expect("commit");
-    let r = export_verified(&server.url, &case_id)
+    let r = export_checked(&server.url, &case_id)
         .await
         .expect("export after the commit");
     assert_eq!(exported_transactions(&r), committed + 2);
@@ -412,7 +332,7 @@ async fn rollback_journal_source_locked_by_a_writer_is_unavailable_until_release
     config.max_in_flight = 1;
     let server = spawn_server(config, db.dir, db.case_ids).await;
     let case_id = server.case_ids[0].clone();
-    export_verified(&server.url, &case_id)
+    export_checked(&server.url, &case_id)
         .await
         .expect("export before the lock");
 
@@ -424,11 +344,16 @@ async fn rollback_journal_source_locked_by_a_writer_is_unavailable_until_release
     // Twice: with one slot, a refusal that kept its slot would turn the
     // second into RESOURCE_EXHAUSTED.
     for _ in 0..2 {
-        let s = within("a refused export", BOUND, refused(&server.url, &case_id)).await;
+        let s = within(
+            "a refused export",
+            BOUND,
+            refused(&server.url, request(&case_id, PURPOSE)),
+        )
+        .await;
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
         assert!(s.message().contains("locked"), "{s:?}");
         assert!(s.message().contains("retry later"), "{s:?}");
-        assert_no_path(&s, &[&path, server.dir.path()]);
+        assert_no_path(&s, &[&path, server.dir()]);
     }
 
     writer.execute_batch("ROLLBACK").expect("release the lock");
@@ -446,15 +371,15 @@ async fn rollback_journal_source_locked_by_a_writer_is_unavailable_until_release
 async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
     let server = start_server(|c| c.max_in_flight = 1).await;
     let db = server.case_db().to_path_buf();
-    let aside = server.dir.path().join("pristine.db");
-    let paths = [db.as_path(), aside.as_path(), server.dir.path()];
+    let aside = server.dir().join("pristine.db");
+    let paths = [db.as_path(), aside.as_path(), server.dir()];
     let case_id = server.case_ids[0].clone();
     wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
 
     // Missing: UNAVAILABLE, and health NOT_SERVING while it is.
     std::fs::rename(&db, &aside).expect("move the database away");
     for _ in 0..2 {
-        let s = refused(&server.url, &case_id).await;
+        let s = refused(&server.url, request(&case_id, PURPOSE)).await;
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
         assert_eq!(
             s.message(),
@@ -468,7 +393,7 @@ async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
     let mut noise = vec![0u8; 32 * 1024];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
     std::fs::write(&db, &noise).expect("write noise");
-    let s = refused(&server.url, &case_id).await;
+    let s = refused(&server.url, request(&case_id, PURPOSE)).await;
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     assert_eq!(
         s.message(),
@@ -499,7 +424,7 @@ async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
     std::fs::write(&db, &bytes).expect("write the corrupt copy");
     let mut refused_ids = Vec::new();
     for case_id in &server.case_ids {
-        match export_verified(&server.url, case_id).await {
+        match export_checked(&server.url, case_id).await {
             Ok(_) => {}
             Err(ClientError::Unavailable(m)) => {
                 assert_eq!(m, "case database unavailable: database file is corrupt");
@@ -509,7 +434,7 @@ async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
         }
     }
     let first = refused_ids.first().expect("the corruption reached no case");
-    let s = refused(&server.url, first).await;
+    let s = refused(&server.url, request(first, PURPOSE)).await;
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     assert_no_path(&s, &paths);
 
@@ -540,7 +465,7 @@ async fn slow_reader_does_not_hold_up_another_export_and_memory_stays_bounded() 
     // stops at the halfway mark until the test lets it go on.
     let mut raw = raw_client_small_window(&server.url).await;
     let mut slow = raw
-        .export_case(authed(request(&server.case_ids[0])))
+        .export_case(authed(request(&server.case_ids[0], PURPOSE)))
         .await
         .expect("slow export starts")
         .into_inner();
@@ -582,7 +507,7 @@ async fn slow_reader_does_not_hold_up_another_export_and_memory_stays_bounded() 
     let fast = within(
         "the fast export",
         BOUND,
-        export_verified(&server.url, &server.case_ids[1]),
+        export_checked(&server.url, &server.case_ids[1]),
     )
     .await
     .expect("the fast export completes while the slow one is under way");
@@ -640,7 +565,6 @@ struct Ending {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_ten_exports_in_flight_ends_each_on_record() {
-    let _serial = CANCEL_COUNTER.lock().await;
     let mut server = start_server_with(&big_seed(), |c| {
         stall_prone(c);
         c.max_in_flight = 10;
@@ -658,7 +582,7 @@ async fn shutdown_with_ten_exports_in_flight_ends_each_on_record() {
         readers.spawn(async move {
             let mut raw = raw_client_small_window(&url).await;
             let mut stream = raw
-                .export_case(authed(request(&case_id)))
+                .export_case(authed(request(&case_id, PURPOSE)))
                 .await
                 .expect("export starts")
                 .into_inner();
@@ -770,7 +694,7 @@ async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is
             let mut enc = Vec::new();
             match c.export_case(&case_id, PURPOSE, &mut enc, |_, _| {}).await {
                 Ok(receipt) => {
-                    verify_receipt(&enc, &receipt);
+                    open_export(&enc, &receipt);
                     true
                 }
                 Err(ClientError::Busy(m)) => {
@@ -808,7 +732,7 @@ async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is
                 let mut enc = Vec::new();
                 match c.export_case(&case_id, PURPOSE, &mut enc, |_, _| {}).await {
                     Ok(receipt) => {
-                        verify_receipt(&enc, &receipt);
+                        open_export(&enc, &receipt);
                         return refusals;
                     }
                     Err(ClientError::Busy(_)) => refusals += 1,
@@ -868,11 +792,10 @@ fn one_export_budget(c: &mut Config, wait_ms: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_export_over_the_budget_is_refused_after_the_wait() {
-    let _serial = CANCEL_COUNTER.lock().await;
     let server = start_server_with(&big_seed(), |c| one_export_budget(c, 300)).await;
     let mut raw = raw_client_small_window(&server.url).await;
     let mut held = raw
-        .export_case(authed(request(&server.case_ids[0])))
+        .export_case(authed(request(&server.case_ids[0], PURPOSE)))
         .await
         .expect("first export starts")
         .into_inner();
@@ -880,7 +803,12 @@ async fn second_export_over_the_budget_is_refused_after_the_wait() {
     assert!(header.plaintext_size < server.config.max_snapshot_bytes);
 
     for case_id in &server.case_ids[1..3] {
-        let s = within("the second export", BOUND, refused(&server.url, case_id)).await;
+        let s = within(
+            "the second export",
+            BOUND,
+            refused(&server.url, request(case_id, PURPOSE)),
+        )
+        .await;
         assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
         assert_eq!(
             s.message(),
@@ -898,7 +826,7 @@ async fn second_export_over_the_budget_waits_and_runs_when_the_first_ends() {
     let audit_db = server.config.audit_db.clone();
     let mut raw = raw_client_small_window(&server.url).await;
     let mut held = raw
-        .export_case(authed(request(&server.case_ids[0])))
+        .export_case(authed(request(&server.case_ids[0], PURPOSE)))
         .await
         .expect("first export starts")
         .into_inner();
@@ -906,7 +834,7 @@ async fn second_export_over_the_budget_waits_and_runs_when_the_first_ends() {
 
     let second_case = server.case_ids[1].clone();
     let url = server.url.clone();
-    let second = tokio::spawn(async move { export_verified(&url, &second_case).await });
+    let second = tokio::spawn(async move { export_checked(&url, &second_case).await });
     // The second call is past its checks (its `started` event is on
     // record) and waits for the budget, which the stalled first export
     // holds: it cannot have finished.
@@ -948,37 +876,19 @@ async fn second_export_over_the_budget_waits_and_runs_when_the_first_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serve_disables_core_dumps() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_case-export"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--case-db")
-        .arg(dir.path().join("cases.db"))
-        .arg("--audit-db")
-        .arg(dir.path().join("audit.db"))
-        .arg("--shutdown-grace-secs")
-        .arg("1")
-        .env("RUST_LOG", "error")
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn case-export serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = within("the listening line", BOUND, lines.next_line())
-        .await
-        .expect("read stdout")
-        .expect("a first line");
-    assert!(first.starts_with("listening on "), "{first:?}");
-    let pid = child.id().expect("running");
+    // Started once it printed `listening on ADDR`.
+    let server = ServerProcess::start_custom(
+        &write_test_config(dir.path(), 0),
+        &dir.path().join("cases.db"),
+        &dir.path().join("audit.db"),
+        dir.path(),
+        &[],
+        |cmd| {
+            cmd.env("RUST_LOG", "error").current_dir(dir.path());
+        },
+    );
+    let pid = server.pid();
 
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
     let core = limits
@@ -992,11 +902,7 @@ async fn binary_serve_disables_core_dumps() {
         "soft and hard core limits: {core:?}"
     );
 
-    // SAFETY: SIGTERM to our own child, whose pid we hold.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
-    let status = within("exit after SIGTERM", BOUND, child.wait())
-        .await
-        .expect("wait");
+    let status = server.terminate();
     assert!(status.success(), "{status:?}");
 }
 
@@ -1030,22 +936,6 @@ fn assert_hardened(pid: u32, what: &str) {
     }
 }
 
-/// The binary with every `CASE_EXPORT_*` variable of the outer environment
-/// removed; killed if the test fails first.
-fn binary() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_case-export"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_export_disables_core_dumps() {
     use tokio::io::AsyncReadExt;
@@ -1056,7 +946,7 @@ async fn binary_export_disables_core_dumps() {
         .expect("bind 127.0.0.1:0");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let out = tempfile::tempdir().expect("out dir");
-    let mut child = binary()
+    let mut child = bin_async()
         .arg("export")
         .args([
             "--server",
@@ -1110,7 +1000,7 @@ async fn binary_view_and_open_disable_core_dumps() {
         // SAFETY: mkfifo(3) with a NUL-terminated path and a plain mode.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
         let db = dir.path().join("case.db");
-        let mut c = binary();
+        let mut c = bin_async();
         c.arg(cmd).arg(&enc).arg("--key-file").arg(&fifo);
         if cmd == "open" {
             c.arg("--out").arg(&db);
@@ -1157,25 +1047,19 @@ async fn binary_view_and_open_disable_core_dumps() {
 const BATCH_TOKEN: &str = "batch-exporter-token-0c4be2a9f1d7e35b";
 
 fn batch_principal(max_in_flight: Option<usize>) -> case_export::server::PrincipalConfig {
-    use sha2::Digest;
     case_export::server::PrincipalConfig {
-        name: "batch".into(),
-        token_sha256: Some(hex::encode(sha2::Sha256::digest(BATCH_TOKEN.as_bytes()))),
         max_in_flight,
-        ..test_principal()
+        ..principal(
+            "batch",
+            Some(BATCH_TOKEN),
+            &[case_export::server::Role::Exporter],
+        )
     }
 }
 
 /// `authed` for the `batch` principal.
 fn authed_batch<T>(message: T) -> tonic::Request<T> {
-    let mut r = authed(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {BATCH_TOKEN}")
-            .parse()
-            .expect("ascii token"),
-    );
-    r
+    with_creds(message, Some(BATCH_TOKEN), Some(ANALYST))
 }
 
 /// Starts an export on its own small-window connection and never reads:
@@ -1236,10 +1120,6 @@ async fn case_call_events(audit_db: &Path, case_id: &str) -> Vec<Event> {
     .await
 }
 
-fn detail_of(e: &Event) -> serde_json::Value {
-    serde_json::from_str(e.detail.as_deref().unwrap_or("{}")).expect("detail is JSON")
-}
-
 /// Checks a call ended on record as `failed DEADLINE_EXCEEDED` before any
 /// custody record (so no key), for the reason named by `key`.
 #[track_caller]
@@ -1251,7 +1131,7 @@ fn assert_deadline_end(evs: &[Event], key: &str) {
     );
     let end = evs.last().expect("terminal event");
     assert_eq!(end.code.as_deref(), Some("DEADLINE_EXCEEDED"));
-    let reason = detail_of(end)["reason"].as_str().unwrap_or("").to_string();
+    let reason = detail(end)["reason"].as_str().unwrap_or("").to_string();
     assert!(
         reason.contains(key),
         "reason {reason:?} does not name {key}"
@@ -1272,7 +1152,7 @@ async fn stuck_reader_is_ended_by_the_send_timeout_and_gives_back_slot_and_memor
     .await;
     let audit_db = server.config.audit_db.clone();
     let stuck_case = server.case_ids[0].clone();
-    let (raw, mut stuck) = unread_export(&server.url, authed(request(&stuck_case))).await;
+    let (raw, mut stuck) = unread_export(&server.url, authed(request(&stuck_case, PURPOSE))).await;
 
     // The call ends on record while its client still holds the stream.
     let evs = case_call_events(&audit_db, &stuck_case).await;
@@ -1319,7 +1199,7 @@ async fn export_deadline_and_a_shorter_grpc_timeout_end_a_stalled_export() {
     let audit_db = server.config.audit_db.clone();
 
     // The caller asks for less than the server allows: its deadline wins.
-    let mut req = authed(request(&server.case_ids[0]));
+    let mut req = authed(request(&server.case_ids[0], PURPOSE));
     req.set_timeout(Duration::from_secs(2));
     let (raw, mut stuck) = unread_export(&server.url, req).await;
     let evs = case_call_events(&audit_db, &server.case_ids[0]).await;
@@ -1330,7 +1210,8 @@ async fn export_deadline_and_a_shorter_grpc_timeout_end_a_stalled_export() {
     drop((stuck, raw));
 
     // Without one, the server's deadline ends it.
-    let (raw, mut stuck) = unread_export(&server.url, authed(request(&server.case_ids[1]))).await;
+    let (raw, mut stuck) =
+        unread_export(&server.url, authed(request(&server.case_ids[1], PURPOSE))).await;
     let evs = case_call_events(&audit_db, &server.case_ids[1]).await;
     assert_deadline_end(&evs, "export_deadline_secs");
     let (_, key, status) = read_to_end(&mut stuck).await;
@@ -1375,20 +1256,21 @@ async fn one_principal_cannot_take_every_export_slot() {
     };
 
     // The default cap: two stalled exports, the third is refused.
-    let a1 = unread_export(&server.url, authed(request(&ids[0]))).await;
-    let _a2 = unread_export(&server.url, authed(request(&ids[1]))).await;
-    let s = within("a third export", BOUND, refused(&server.url, &ids[2])).await;
-    per_principal(&s, "integration-tests", 2);
+    let a1 = unread_export(&server.url, authed(request(&ids[0], PURPOSE))).await;
+    let _a2 = unread_export(&server.url, authed(request(&ids[1], PURPOSE))).await;
+    let s = within(
+        "a third export",
+        BOUND,
+        refused(&server.url, request(&ids[2], PURPOSE)),
+    )
+    .await;
+    per_principal(&s, SERVICE, 2);
 
     // Another principal is not held up by it, up to its own cap of one.
     let mut enc = Vec::new();
     let mut batch_client = case_export::client::ExportClient::connect_with(
         &server.url,
-        case_export::client::ClientOptions {
-            token: Some(zeroize::Zeroizing::new(BATCH_TOKEN.to_string())),
-            on_behalf_of: Some(ANALYST.to_string()),
-            ..Default::default()
-        },
+        client_options(Some(BATCH_TOKEN), Some(ANALYST)),
     )
     .await
     .expect("connect");
@@ -1396,11 +1278,11 @@ async fn one_principal_cannot_take_every_export_slot() {
         .export_case(&ids[3], PURPOSE, &mut enc, |_, _| {})
         .await
         .expect("the other principal exports while the first is at its cap");
-    verify_receipt(&enc, &receipt);
-    let _b1 = unread_export(&server.url, authed_batch(request(&ids[3]))).await;
+    open_export(&enc, &receipt);
+    let _b1 = unread_export(&server.url, authed_batch(request(&ids[3], PURPOSE))).await;
     let s = match raw_client(&server.url)
         .await
-        .export_case(authed_batch(request(&ids[2])))
+        .export_case(authed_batch(request(&ids[2], PURPOSE)))
         .await
     {
         Ok(_) => panic!("a second export of `batch` was accepted"),
@@ -1445,6 +1327,8 @@ async fn rejected(server: &TestServer, listener: &str, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_finish_the_handshake_are_closed() {
     use tokio::io::AsyncWriteExt;
+    // Counts rejected connections of the process-wide registry.
+    let _all_metrics = metrics_exclusive();
     let server = start_server(|c| {
         c.handshake_timeout_secs = 1;
         c.health_listen = Some(free_loopback_addr());
@@ -1544,10 +1428,8 @@ async fn tls_sockets_that_never_finish_tls_or_http2_are_closed() {
     let mut c = case_export::client::ExportClient::connect_with(
         &format!("https://localhost:{}", server.addr.port()),
         case_export::client::ClientOptions {
-            token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
-            on_behalf_of: Some(ANALYST.to_string()),
             ca_pem: Some(cert_pem.into_bytes()),
-            ..Default::default()
+            ..test_client_options()
         },
     )
     .await
@@ -1557,12 +1439,14 @@ async fn tls_sockets_that_never_finish_tls_or_http2_are_closed() {
         .export_case(&server.case_ids[0], PURPOSE, &mut enc, |_, _| {})
         .await
         .expect("export over TLS");
-    verify_receipt(&enc, &receipt);
+    open_export(&enc, &receipt);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_and_the_others_keep_working() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Counts rejected connections of the process-wide registry.
+    let _all_metrics = metrics_exclusive();
     let server = start_server(|c| {
         c.max_connections = 3;
         with_metrics(c);
@@ -1607,22 +1491,16 @@ async fn connections_over_the_cap_are_closed_and_the_others_keep_working() {
         .export_case(&server.case_ids[1], PURPOSE, &mut enc, |_, _| {})
         .await
         .expect("an export on a connection opened before the cap was reached");
-    verify_receipt(&enc, &receipt);
+    open_export(&enc, &receipt);
 
     // Below the cap again, new connections are served.
     drop(held.pop());
     eventually("a new connection", DEADLINE, || async {
         let mut enc = Vec::new();
-        let mut c = case_export::client::ExportClient::connect_with(
-            &server.url,
-            case_export::client::ClientOptions {
-                token: Some(zeroize::Zeroizing::new(TOKEN.to_string())),
-                on_behalf_of: Some(ANALYST.to_string()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let mut c =
+            case_export::client::ExportClient::connect_with(&server.url, test_client_options())
+                .await
+                .map_err(|e| e.to_string())?;
         c.export_case(&server.case_ids[2], PURPOSE, &mut enc, |_, _| {})
             .await
             .map_err(|e| e.to_string())
@@ -1685,7 +1563,7 @@ async fn exports_whose_snapshot_outlasts_the_grace_period_end_unavailable() {
 
     // A witness of the grace period's end: an export whose client never
     // reads. Its producer is ended (and recorded) when the grace is over.
-    let witness = unread_export(&server.url, authed(request(&ids[WAITING]))).await;
+    let witness = unread_export(&server.url, authed(request(&ids[WAITING], PURPOSE))).await;
     eventually("the witness started", DEADLINE, || async {
         let started = audit_events(&audit_db)
             .iter()
@@ -1704,7 +1582,7 @@ async fn exports_whose_snapshot_outlasts_the_grace_period_end_unavailable() {
         let url = server.url.clone();
         waiting.spawn(async move {
             let mut raw = raw_client(&url).await;
-            match raw.export_case(authed(request(&case_id))).await {
+            match raw.export_case(authed(request(&case_id, PURPOSE))).await {
                 Ok(r) => {
                     let mut stream = r.into_inner();
                     let mut header = false;

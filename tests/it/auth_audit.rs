@@ -6,7 +6,7 @@
 //!
 //! Most tests run the server in-process (`serve_on`) so they can reach its
 //! audit database and TLS material directly; the ones about logs, files and
-//! the CLI run the real binary through `tests/common`.
+//! the CLI run the real binary as a child (`support::ServerProcess`).
 //!
 //! The audit store is made to fail by adding a `RAISE(ABORT)` trigger to
 //! the audit database from a second connection: that works as root (file
@@ -14,32 +14,20 @@
 //! after a busy timeout, and can target one event kind (`sealed`) to fail
 //! an export after its chunks but before its key.
 
-mod common;
-
+use crate::support::*;
 use base64::Engine;
 use case_export::audit::{Event, Kind, verify_log};
 use case_export::client::{ClientError, ClientOptions, ExportClient};
 use case_export::pb::audit_service_client::AuditServiceClient;
 use case_export::pb::export_case_response::Message as Msg;
-use case_export::pb::export_service_client::ExportServiceClient;
-use case_export::pb::{ExportCaseRequest, ExportHeader, ListEventsRequest, VerifyLogRequest};
-use case_export::seed::{SeedOptions, seed_demo};
-use case_export::server::{
-    Config, ON_BEHALF_OF, PrincipalConfig, Role, ServeError, TlsConfig, code_name, serve_on,
-};
-use common::{ServerProcess, TEST_ANALYST, TEST_TOKEN, audit_events};
+use case_export::pb::{ExportHeader, ListEventsRequest, VerifyLogRequest};
+use case_export::server::{Config, ON_BEHALF_OF, PrincipalConfig, Role, TlsConfig, code_name};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
-use zeroize::Zeroizing;
+use tonic::{Code, Status};
 
 /// Bound on every wait for the audit trail or the health status. Generous:
 /// it only turns a hang into a failure.
@@ -49,284 +37,22 @@ const EXPORT_METHOD: &str = "/case_export.v1.ExportService/ExportCase";
 const VERIFY_METHOD: &str = "/case_export.v1.AuditService/VerifyLog";
 const LIST_METHOD: &str = "/case_export.v1.AuditService/ListEvents";
 
-/// Tokens of the principals the in-process servers know.
-const AUDITOR_TOKEN: &str = "auditor-only-token-3b1f0c";
-const EXPORTER_TOKEN: &str = "exporter-only-token-9d24ae";
+/// Token of a principal limited to the `north` tenant, added by the tests
+/// about tenants.
 const NORTH_TOKEN: &str = "north-only-token-51c7e2";
 const PURPOSE: &str = "TICKET-4711: custody review";
-
-type Ev = (u64, Event, String);
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn principal(name: &str, token: Option<&str>, roles: &[Role]) -> PrincipalConfig {
-    PrincipalConfig {
-        name: name.into(),
-        token_sha256: token.map(digest),
-        tls_identity: None,
-        roles: roles.to_vec(),
-        tenants: None,
-        max_in_flight: None,
-    }
-}
-
-/// The principals most tests use: the suite's own (both roles), an
-/// auditor-only one and an exporter-only one.
-fn standard_principals() -> Vec<PrincipalConfig> {
-    vec![
-        principal(
-            "test-service",
-            Some(TEST_TOKEN),
-            &[Role::Exporter, Role::Auditor],
-        ),
-        principal("auditor-only", Some(AUDITOR_TOKEN), &[Role::Auditor]),
-        principal("exporter-only", Some(EXPORTER_TOKEN), &[Role::Exporter]),
-    ]
-}
-
-/// A seeded case database in `dir`: `(path, [(case id, tenant)])`.
-fn seed(dir: &Path, cases: u32, rows_per_case: u32) -> (PathBuf, Vec<(String, String)>) {
-    let path = dir.join("cases.db");
-    seed_demo(
-        &path,
-        &SeedOptions {
-            cases,
-            rows_per_case,
-            seed: 7,
-            tenants: vec!["north".into(), "south".into()],
-        },
-    )
-    .expect("seed demo database");
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open seeded db");
-    let cases = conn
-        .prepare("SELECT id, tenant FROM cases ORDER BY case_number")
-        .and_then(|mut st| {
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("read cases");
-    (path, cases)
-}
-
+/// A test config with `principals` and a short shutdown grace.
 fn base_config(dir: &Path, case_db: &Path, principals: Vec<PrincipalConfig>) -> Config {
     Config {
-        listen: "127.0.0.1:0".parse().expect("loopback"),
-        case_db: case_db.to_path_buf(),
-        audit_db: dir.join("audit.db"),
         principals,
         shutdown_grace_secs: 2,
-        ..Config::default()
+        ..test_config(case_db.to_path_buf(), dir)
     }
-}
-
-/// An in-process server on 127.0.0.1:0.
-struct Srv {
-    addr: SocketAddr,
-    url: String,
-    audit_db: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    join: Option<JoinHandle<Result<(), ServeError>>>,
-}
-
-impl Srv {
-    async fn start(config: Config) -> Self {
-        config.validate().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let audit_db = config.audit_db.clone();
-        let join = tokio::spawn(serve_on(config, listener, async {
-            let _ = rx.await;
-        }));
-        let srv = Self {
-            addr,
-            url: format!("http://{addr}"),
-            audit_db,
-            stop: Some(tx),
-            join: Some(join),
-        };
-        // Up once its start event is committed (the file and its schema
-        // appear while the server starts: read errors until then are fine).
-        let db = srv.audit_db.clone();
-        wait_for("the server_start event", || {
-            let conn = case_export::audit::open_log_read_only(&db).ok()?;
-            let ev = case_export::audit::list_events(&conn, &Default::default()).ok()?;
-            ev.first()
-                .is_some_and(|(_, e, _)| e.kind == Kind::ServerStart)
-                .then_some(())
-        })
-        .await;
-        srv
-    }
-
-    /// Waits until every call on record has its terminal event (terminal
-    /// events are queued without waiting, so they may land after the
-    /// client saw the status).
-    async fn settle(&self) {
-        self.wait_events("every call ended on record", all_ended)
-            .await;
-    }
-
-    /// Graceful shutdown; the server must end without error.
-    async fn stop(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let join = self.join.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(60), join)
-            .await
-            .expect("server stops")
-            .expect("server task")
-            .expect("server ends without error");
-    }
-
-    fn events(&self) -> Vec<Ev> {
-        audit_events(&self.audit_db)
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.events().last().map_or(0, |e| e.0)
-    }
-
-    /// Waits until `pred` holds for the trail and returns it.
-    async fn wait_events(&self, what: &str, pred: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
-        wait_for(what, || {
-            let ev = self.events();
-            pred(&ev).then_some(ev)
-        })
-        .await
-    }
-
-    /// Waits for the terminal event of the export of `case_id` (the only
-    /// one on this server) and returns that call's events.
-    async fn wait_export_end(&self, case_id: &str) -> Vec<Event> {
-        let rid = self.request_of(case_id).await;
-        let all = self
-            .wait_events("terminal event of the export", |ev| {
-                ev.iter()
-                    .any(|(_, e, _)| e.request_id == rid && e.kind.is_terminal())
-            })
-            .await;
-        of_request(&all, &rid)
-    }
-
-    /// The request id of the (only) export of `case_id`, from its `started`
-    /// or first event naming the case.
-    async fn request_of(&self, case_id: &str) -> String {
-        let all = self
-            .wait_events("an event naming the case", |ev| {
-                ev.iter()
-                    .any(|(_, e, _)| e.case_id.as_deref() == Some(case_id))
-            })
-            .await;
-        let rids: std::collections::BTreeSet<String> = all
-            .iter()
-            .filter(|(_, e, _)| e.case_id.as_deref() == Some(case_id))
-            .map(|(_, e, _)| e.request_id.clone())
-            .collect();
-        assert_eq!(rids.len(), 1, "one call for case {case_id}: {rids:?}");
-        rids.into_iter().next().expect("one")
-    }
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < end, "{what}: not seen within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Whether every call with an event on record also has its terminal one.
-fn all_ended(ev: &[Ev]) -> bool {
-    let mut open = std::collections::BTreeSet::new();
-    for (_, e, _) in ev {
-        if e.kind.is_terminal() {
-            open.remove(&e.request_id);
-        } else if !matches!(e.kind, Kind::ServerStart | Kind::DeniedSummary) {
-            open.insert(e.request_id.clone());
-        }
-    }
-    open.is_empty()
-}
-
-fn of_request(all: &[Ev], rid: &str) -> Vec<Event> {
-    all.iter()
-        .filter(|(_, e, _)| e.request_id == rid)
-        .map(|(_, e, _)| e.clone())
-        .collect()
-}
-
-fn kinds(evs: &[Event]) -> Vec<Kind> {
-    evs.iter().map(|e| e.kind).collect()
-}
-
-fn detail(e: &Event) -> serde_json::Value {
-    serde_json::from_str(e.detail.as_deref().unwrap_or("null")).expect("detail is JSON")
-}
-
-fn options(token: Option<&str>, on_behalf_of: Option<&str>) -> ClientOptions {
-    ClientOptions {
-        token: token.map(|t| Zeroizing::new(t.to_string())),
-        on_behalf_of: on_behalf_of.map(str::to_string),
-        ..ClientOptions::default()
-    }
-}
-
-/// A request with the given bearer token and `x-on-behalf-of`, if any.
-fn with_creds<T>(msg: T, token: Option<&str>, on_behalf_of: Option<&str>) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {t}").parse().expect("ascii token"),
-        );
-    }
-    if let Some(o) = on_behalf_of {
-        r.metadata_mut()
-            .insert(ON_BEHALF_OF, o.parse().expect("ascii analyst"));
-    }
-    r
-}
-
-fn export_req(case_id: &str) -> ExportCaseRequest {
-    ExportCaseRequest {
-        case_id: case_id.into(),
-        purpose: PURPOSE.into(),
-    }
-}
-
-async fn channel(url: &str, small_window: bool) -> Channel {
-    let mut ep = Endpoint::from_shared(url.to_string()).expect("endpoint");
-    if small_window {
-        // The protocol's minimum default window: once the caller stops
-        // reading, the server's sender stalls after about 64 KiB.
-        ep = ep
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535);
-    }
-    ep.connect().await.expect("connect")
-}
-
-async fn raw_export(url: &str, small_window: bool) -> ExportServiceClient<Channel> {
-    ExportServiceClient::new(channel(url, small_window).await).max_decoding_message_size(16 << 20)
 }
 
 /// What a raw export stream delivered before it ended.
@@ -341,10 +67,10 @@ struct Outcome {
 /// Runs one export with the generated client and records everything that
 /// arrived: header, chunk count, whether a key came, and the error status.
 async fn export_raw(url: &str, token: Option<&str>, case_id: &str) -> Outcome {
-    let mut client = raw_export(url, false).await;
+    let mut client = raw_client(url).await;
     let mut out = Outcome::default();
     let mut stream = match client
-        .export_case(with_creds(export_req(case_id), token, Some(TEST_ANALYST)))
+        .export_case(with_creds(request(case_id, PURPOSE), token, Some(ANALYST)))
         .await
     {
         Ok(r) => r.into_inner(),
@@ -374,7 +100,7 @@ async fn export_raw(url: &str, token: Option<&str>, case_id: &str) -> Outcome {
 /// holds exactly one new call: an `attempt` carrying `reason` in its
 /// detail, then a terminal `denied` with the code. Returns the message.
 async fn expect_denied<T: std::fmt::Debug>(
-    srv: &Srv,
+    srv: &TestServer,
     call: impl std::future::Future<Output = Result<T, Status>>,
     code: Code,
     reason: &str,
@@ -425,15 +151,15 @@ async fn expect_denied<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 10);
-    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
-    let case = &cases[0].0;
-    let mut c = raw_export(&srv.url, false).await;
+    let seeded = seeded_db(&seed_of(2, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let srv = TestServer::start(base_config(dir.path(), db, principals())).await;
+    let case = &seeded.case_ids[0];
+    let mut c = raw_client(&srv.url).await;
 
     let no_token = expect_denied(
         &srv,
-        c.export_case(with_creds(export_req(case), None, Some(TEST_ANALYST))),
+        c.export_case(with_creds(request(case, PURPOSE), None, Some(ANALYST))),
         Code::Unauthenticated,
         "no credentials",
         None,
@@ -443,9 +169,9 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
     let wrong_token = expect_denied(
         &srv,
         c.export_case(with_creds(
-            export_req(case),
+            request(case, PURPOSE),
             Some("cxt_not-a-known-token"),
-            Some(TEST_ANALYST),
+            Some(ANALYST),
         )),
         Code::Unauthenticated,
         "unknown token",
@@ -456,14 +182,14 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
     // The caller learns nothing about why its credentials failed.
     assert_eq!(no_token, wrong_token);
     // A token one character off a real one is just as unknown.
-    let mut near = TEST_TOKEN.to_string();
+    let mut near = TOKEN.to_string();
     near.pop();
     expect_denied(
         &srv,
         c.export_case(with_creds(
-            export_req(case),
+            request(case, PURPOSE),
             Some(&near),
-            Some(TEST_ANALYST),
+            Some(ANALYST),
         )),
         Code::Unauthenticated,
         "unknown token",
@@ -474,9 +200,9 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
     let role = expect_denied(
         &srv,
         c.export_case(with_creds(
-            export_req(case),
+            request(case, PURPOSE),
             Some(AUDITOR_TOKEN),
-            Some(TEST_ANALYST),
+            Some(ANALYST),
         )),
         Code::PermissionDenied,
         "missing role",
@@ -487,7 +213,11 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
     assert!(role.contains("exporter"), "{role}");
     let obo = expect_denied(
         &srv,
-        c.export_case(with_creds(export_req(case), Some(EXPORTER_TOKEN), None)),
+        c.export_case(with_creds(
+            request(case, PURPOSE),
+            Some(EXPORTER_TOKEN),
+            None,
+        )),
         Code::InvalidArgument,
         "missing on-behalf-of",
         Some("exporter-only"),
@@ -498,7 +228,7 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
     let long = "a".repeat(201);
     expect_denied(
         &srv,
-        c.export_case(with_creds(export_req(case), Some(TEST_TOKEN), Some(&long))),
+        c.export_case(with_creds(request(case, PURPOSE), Some(TOKEN), Some(&long))),
         Code::InvalidArgument,
         "missing on-behalf-of",
         Some("test-service"),
@@ -514,7 +244,7 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
         "{all:#?}"
     );
     let v = verify_log(
-        &case_export::audit::open_log_read_only(&srv.audit_db).expect("open"),
+        &case_export::audit::open_log_read_only(&srv.config.audit_db).expect("open"),
         &[],
         None,
     )
@@ -526,14 +256,19 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_service_is_for_the_auditor_role_only() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 10);
-    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    let seeded = seeded_db(&seed_of(2, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let srv = TestServer::start(base_config(dir.path(), db, principals())).await;
     // One export, so the trail holds a case's events to list.
-    let receipt = ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some("a.b")))
+    let receipt = ExportClient::connect_with(&srv.url, client_options(Some(TOKEN), Some("a.b")))
         .await
         .expect("connect")
-        .export_case(&cases[0].0, PURPOSE, &mut tokio::io::sink(), |_, _| {})
+        .export_case(
+            &seeded.case_ids[0],
+            PURPOSE,
+            &mut tokio::io::sink(),
+            |_, _| {},
+        )
         .await
         .expect("export");
     srv.wait_export_end(&receipt.case_id).await;
@@ -582,7 +317,7 @@ async fn audit_service_is_for_the_auditor_role_only() {
         audit.verify_log(with_creds(
             VerifyLogRequest {},
             Some(EXPORTER_TOKEN),
-            Some(TEST_ANALYST),
+            Some(ANALYST),
         )),
         Code::PermissionDenied,
         "missing role",
@@ -595,7 +330,7 @@ async fn audit_service_is_for_the_auditor_role_only() {
         audit.list_events(with_creds(
             ListEventsRequest::default(),
             Some(EXPORTER_TOKEN),
-            Some(TEST_ANALYST),
+            Some(ANALYST),
         )),
         Code::PermissionDenied,
         "missing role",
@@ -625,22 +360,18 @@ async fn audit_service_is_for_the_auditor_role_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_limited_principal_sees_other_tenants_cases_as_missing() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 6, 10);
-    let of = |t: &str| {
-        cases
-            .iter()
-            .find(|(_, tenant)| tenant == t)
-            .map(|(id, _)| id.clone())
-            .unwrap_or_else(|| panic!("seed 7 gives a case of tenant {t}: {cases:?}"))
-    };
-    let (north, south) = (of("north"), of("south"));
-    let mut principals = standard_principals();
+    let seeded = seeded_db(&seed_of(6, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let (north, south) = (
+        seeded.case_of_tenant("north"),
+        seeded.case_of_tenant("south"),
+    );
+    let mut principals = principals();
     principals.push(PrincipalConfig {
         tenants: Some(vec!["north".into()]),
         ..principal("north-only", Some(NORTH_TOKEN), &[Role::Exporter])
     });
-    let srv = Srv::start(base_config(dir.path(), &db, principals)).await;
+    let srv = TestServer::start(base_config(dir.path(), db, principals)).await;
 
     let other_tenant = export_raw(&srv.url, Some(NORTH_TOKEN), &south).await;
     let missing = export_raw(
@@ -666,7 +397,7 @@ async fn tenant_limited_principal_sees_other_tenants_cases_as_missing() {
     // both export their cases.
     let own = export_raw(&srv.url, Some(NORTH_TOKEN), &north).await;
     assert!(own.status.is_none() && own.key, "{own:?}");
-    let unrestricted = export_raw(&srv.url, Some(TEST_TOKEN), &south).await;
+    let unrestricted = export_raw(&srv.url, Some(TOKEN), &south).await;
     assert!(
         unrestricted.status.is_none() && unrestricted.key,
         "{unrestricted:?}"
@@ -705,20 +436,19 @@ async fn tenant_limited_principal_sees_other_tenants_cases_as_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn completed_export_leaves_attempt_started_sealed_completed() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 40);
-    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    let seeded = seeded_db(&seed_of(2, 40));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let mut cfg = base_config(dir.path(), db, principals());
     cfg.chunk_size = 16 * 1024;
-    let srv = Srv::start(cfg).await;
+    let srv = TestServer::start(cfg).await;
     let out = TempDir::new().expect("out dir");
-    let case = &cases[1].0;
-    let receipt =
-        ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some(TEST_ANALYST)))
-            .await
-            .expect("connect")
-            .export_to_dir(case, PURPOSE, out.path(), |_, _| {})
-            .await
-            .expect("export");
+    let case = &seeded.case_ids[1];
+    let receipt = ExportClient::connect_with(&srv.url, client_options(Some(TOKEN), Some(ANALYST)))
+        .await
+        .expect("connect")
+        .export_to_dir(case, PURPOSE, out.path(), |_, _| {})
+        .await
+        .expect("export");
     assert!(receipt.chunks > 2, "several chunks: {}", receipt.chunks);
     let enc = receipt.path.clone().expect("written to the directory");
 
@@ -731,7 +461,7 @@ async fn completed_export_leaves_attempt_started_sealed_completed() {
     for e in &evs {
         assert_eq!(e.method.as_deref(), Some(EXPORT_METHOD));
         assert_eq!(e.principal.as_deref(), Some("test-service"));
-        assert_eq!(e.on_behalf_of.as_deref(), Some(TEST_ANALYST));
+        assert_eq!(e.on_behalf_of.as_deref(), Some(ANALYST));
         assert!(e.tls_identity.is_none());
     }
     for e in &evs[1..] {
@@ -742,7 +472,7 @@ async fn completed_export_leaves_attempt_started_sealed_completed() {
     assert_eq!(evs[3].code.as_deref(), Some("OK"));
 
     let sealed = detail(&evs[2]);
-    let file_sha = common::sha256_file(&enc);
+    let file_sha = sha256_file(&enc);
     assert_eq!(sealed["ciphertext_sha256"], file_sha.as_str());
     assert_eq!(receipt.ciphertext_sha256, file_sha);
     let file_len = std::fs::metadata(&enc).expect("enc metadata").len();
@@ -757,7 +487,7 @@ async fn completed_export_leaves_attempt_started_sealed_completed() {
     // The terminal event repeats the custody figures.
     assert_eq!(detail(&evs[3])["ciphertext_sha256"], file_sha.as_str());
 
-    let conn = case_export::audit::open_log_read_only(&srv.audit_db).expect("open");
+    let conn = case_export::audit::open_log_read_only(&srv.config.audit_db).expect("open");
     let v = verify_log(&conn, &[], None).expect("verify");
     assert!(v.chain_ok() && v.unterminated.is_empty(), "{v:?}");
     srv.stop().await;
@@ -765,20 +495,16 @@ async fn completed_export_leaves_attempt_started_sealed_completed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropped_stream_is_recorded_as_cancelled() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 800);
-    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    let seeded = seeded_db(&seed_of(2, 800));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let mut cfg = base_config(dir.path(), db, principals());
     cfg.chunk_size = 4096;
-    let srv = Srv::start(cfg).await;
-    let case = &cases[0].0;
+    let srv = TestServer::start(cfg).await;
+    let case = &seeded.case_ids[0];
     {
-        let mut client = raw_export(&srv.url, true).await;
+        let mut client = raw_client_small_window(&srv.url).await;
         let mut stream = client
-            .export_case(with_creds(
-                export_req(case),
-                Some(TEST_TOKEN),
-                Some(TEST_ANALYST),
-            ))
+            .export_case(authed(request(case, PURPOSE)))
             .await
             .expect("export starts")
             .into_inner();
@@ -846,57 +572,31 @@ fn heal_store(audit_db: &Path) {
         .expect("remove the fault");
 }
 
-/// Polls the export service's health status until it is `want`.
-async fn wait_health(url: &str, want: tonic_health::pb::health_check_response::ServingStatus) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let mut client = HealthClient::new(channel(url, false).await);
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let status = client
-            .check(HealthCheckRequest {
-                service: "case_export.v1.ExportService".into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner()
-            .status;
-        if status == want as i32 {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "health status {status}, wanted {want:?} within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failing_audit_store_releases_no_key_and_recovers() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 3, 20);
-    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    let seeded = seeded_db(&seed_of(3, 20));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let mut cfg = base_config(dir.path(), db, principals());
     cfg.chunk_size = 16 * 1024;
-    let srv = Srv::start(cfg).await;
+    let srv = TestServer::start(cfg).await;
     // The server is up (its start event is committed) before the fault.
     srv.wait_events("server start", |ev| !ev.is_empty()).await;
 
     // 1. Nothing can be written: the attempt is not on record, so the
     //    export is refused before anything is read.
-    break_store(&srv.audit_db, None);
-    let whole = export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await;
+    break_store(&srv.config.audit_db, None);
+    let whole = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[0]).await;
     let s = whole.status.expect("refused");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     assert!(s.message().contains("audit"), "{s:?}");
     assert!(whole.header.is_none() && whole.chunks == 0 && !whole.key);
-    wait_health(&srv.url, ServingStatus::NotServing).await;
+    wait_export_health(&srv.url, ServingStatus::NotServing, DEADLINE).await;
 
     // 2. Only the custody record fails: every chunk went out, the key did
     //    not, and the call ends UNAVAILABLE.
-    break_store(&srv.audit_db, Some("sealed"));
-    let late = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
+    break_store(&srv.config.audit_db, Some("sealed"));
+    let late = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[1]).await;
     let s = late.status.expect("the export must fail");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     let h = late.header.expect("header was sent");
@@ -905,20 +605,20 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
 
     // The library client says the same and writes no file.
     let out = TempDir::new().expect("out dir");
-    let e = ExportClient::connect_with(&srv.url, options(Some(TEST_TOKEN), Some(TEST_ANALYST)))
+    let e = ExportClient::connect_with(&srv.url, client_options(Some(TOKEN), Some(ANALYST)))
         .await
         .expect("connect")
-        .export_to_dir(&cases[2].0, PURPOSE, out.path(), |_, _| {})
+        .export_to_dir(&seeded.case_ids[2], PURPOSE, out.path(), |_, _| {})
         .await
         .expect_err("no key, no export");
     assert!(matches!(e, ClientError::Unavailable(_)), "{e:?}");
-    assert!(common::listing(out.path()).is_empty());
+    assert!(dir_entries(out.path()).is_empty());
 
     // 3. The fault is removed: the queued events are written, a new export
     //    succeeds and the chain is intact.
-    heal_store(&srv.audit_db);
-    wait_health(&srv.url, ServingStatus::Serving).await;
-    let ok = export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0).await;
+    heal_store(&srv.config.audit_db);
+    wait_export_health(&srv.url, ServingStatus::Serving, DEADLINE).await;
+    let ok = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[0]).await;
     assert!(ok.status.is_none() && ok.key, "{ok:?}");
 
     let all = srv
@@ -926,7 +626,7 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
             ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 4
         })
         .await;
-    let conn = case_export::audit::open_log_read_only(&srv.audit_db).expect("open");
+    let conn = case_export::audit::open_log_read_only(&srv.config.audit_db).expect("open");
     let v = verify_log(&conn, &[], None).expect("verify");
     assert!(v.chain_ok(), "{:?}", v.problems);
     assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
@@ -1027,16 +727,16 @@ fn assert_no_key_in(dirs: &[&Path], needles: &[(&str, Vec<u8>)]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_key_is_nowhere_on_disk_or_in_trace_logs() {
-    let work = TempDir::new().expect("work dir");
     let cwd = TempDir::new().expect("server cwd");
     let tmp = TempDir::new().expect("server TMPDIR");
     let out = TempDir::new().expect("export dir");
-    let (db, cases) = seed(work.path(), 3, 800);
-    let config = common::write_test_config(work.path(), 0);
+    let seeded = seeded_db(&seed_of(3, 800));
+    let (work, db) = (&seeded.dir, &seeded.path);
+    let config = write_test_config(work.path(), 0);
     let audit_db = work.path().join("audit.db");
     let server = ServerProcess::start_custom(
         &config,
-        &db,
+        db,
         &audit_db,
         work.path(),
         &["--chunk-size", "4096"],
@@ -1047,16 +747,12 @@ async fn the_key_is_nowhere_on_disk_or_in_trace_logs() {
         },
     );
     let url = server.url();
-    let audit_of = |pred: &dyn Fn(&[Ev]) -> bool| {
-        let ev = audit_events(&audit_db);
-        pred(&ev).then_some(ev)
-    };
 
     // Completed: the one key the test gets to see.
-    let receipt = ExportClient::connect_with(&url, common::test_client_options())
+    let receipt = ExportClient::connect_with(&url, test_client_options())
         .await
         .expect("connect")
-        .export_to_dir(&cases[0].0, PURPOSE, out.path(), |_, _| {})
+        .export_to_dir(&seeded.case_ids[0], PURPOSE, out.path(), |_, _| {})
         .await
         .expect("export");
     let key_text = receipt.key.expose_fernet_key().to_string();
@@ -1070,13 +766,9 @@ async fn the_key_is_nowhere_on_disk_or_in_trace_logs() {
 
     // Cancelled: header and a couple of chunks, then the client goes away.
     {
-        let mut c = raw_export(&url, true).await;
+        let mut c = raw_client_small_window(&url).await;
         let mut s = c
-            .export_case(with_creds(
-                export_req(&cases[1].0),
-                Some(TEST_TOKEN),
-                Some(TEST_ANALYST),
-            ))
+            .export_case(authed(request(&seeded.case_ids[1], PURPOSE)))
             .await
             .expect("export starts")
             .into_inner();
@@ -1084,22 +776,22 @@ async fn the_key_is_nowhere_on_disk_or_in_trace_logs() {
             s.message().await.expect("message").expect("message");
         }
     }
-    wait_for("the cancelled event", || {
-        audit_of(&|ev: &[Ev]| ev.iter().any(|(_, e, _)| e.kind == Kind::Cancelled))
+    wait_trail(&audit_db, "the cancelled event", |ev| {
+        ev.iter().any(|(_, e, _)| e.kind == Kind::Cancelled)
     })
     .await;
 
     // Failed after its key was made: the custody record cannot be written.
     break_store(&audit_db, Some("sealed"));
-    let failed = export_raw(&url, Some(TEST_TOKEN), &cases[2].0).await;
+    let failed = export_raw(&url, Some(TOKEN), &seeded.case_ids[2]).await;
     assert_eq!(
         failed.status.as_ref().map(Status::code),
         Some(Code::Unavailable)
     );
     assert!(failed.chunks > 0 && !failed.key, "{failed:?}");
     heal_store(&audit_db);
-    let all = wait_for("three export ends", || {
-        audit_of(&|ev: &[Ev]| ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 3)
+    let all = wait_trail(&audit_db, "three export ends", |ev| {
+        ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 3
     })
     .await;
     let ends: Vec<Kind> = all
@@ -1202,7 +894,7 @@ fn tls_options(ca: &Ca, identity: Option<&(String, String)>, token: Option<&str>
         ca_pem: Some(ca.pem.clone().into_bytes()),
         identity_pem: identity.map(|(c, k)| (c.clone().into_bytes(), k.clone().into_bytes())),
         domain: Some("localhost".into()),
-        ..options(token, Some(TEST_ANALYST))
+        ..client_options(token, Some(ANALYST))
     }
 }
 
@@ -1217,8 +909,8 @@ async fn tls_export(url: &str, opts: ClientOptions, case_id: &str) -> Result<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mutual_tls_identities_end_to_end() {
     use rcgen::SanType;
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 10);
+    let seeded = seeded_db(&seed_of(2, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
     let ca = make_ca("case-export test CA");
     let rogue = make_ca("some other CA");
     let server_leaf = make_leaf(
@@ -1251,7 +943,7 @@ async fn mutual_tls_identities_end_to_end() {
         key: write("server.key", &server_leaf.1),
         client_ca: Some(write("ca.pem", &ca.pem)),
     };
-    let mut principals = standard_principals();
+    let mut principals = principals();
     principals.push(PrincipalConfig {
         tls_identity: Some(SPIFFE_ID.into()),
         ..principal("case-mgmt", None, &[Role::Exporter])
@@ -1260,11 +952,11 @@ async fn mutual_tls_identities_end_to_end() {
         tls_identity: Some("cn:legacy-batch".into()),
         ..principal("legacy-batch", None, &[Role::Exporter])
     });
-    let mut cfg = base_config(dir.path(), &db, principals);
+    let mut cfg = base_config(dir.path(), db, principals);
     cfg.tls = Some(tls);
-    let srv = Srv::start(cfg).await;
+    let srv = TestServer::start(cfg).await;
     let url = format!("https://localhost:{}", srv.addr.port());
-    let case = &cases[0].0;
+    let case = &seeded.case_ids[0];
 
     // The SPIFFE identity names the principal; no token is sent.
     let export_id = tls_export(&url, tls_options(&ca, Some(&client), None), case)
@@ -1337,7 +1029,7 @@ async fn mutual_tls_identities_end_to_end() {
     );
     // Give a denial, if there is one, the time to land, using a later call
     // that is itself recorded as a marker.
-    tls_export(&url, tls_options(&ca, None, Some(TEST_TOKEN)), case)
+    tls_export(&url, tls_options(&ca, None, Some(TOKEN)), case)
         .await
         .expect("token over TLS without a client certificate");
     let all = srv
@@ -1385,7 +1077,7 @@ async fn tls_server(
     db: &Path,
     ca: &Ca,
     principals: Vec<PrincipalConfig>,
-) -> (Srv, String) {
+) -> (TestServer, String) {
     use rcgen::SanType;
     let server_leaf = make_leaf(
         ca,
@@ -1407,13 +1099,13 @@ async fn tls_server(
         key: write("server.key", &server_leaf.1),
         client_ca: Some(write("ca.pem", &ca.pem)),
     });
-    let srv = Srv::start(cfg).await;
+    let srv = TestServer::start(cfg).await;
     let url = format!("https://localhost:{}", srv.addr.port());
     (srv, url)
 }
 
 /// The events written after `before`, once one of them is `until`.
-async fn events_after(srv: &Srv, before: u64, until: Kind) -> Vec<Event> {
+async fn events_after(srv: &TestServer, before: u64, until: Kind) -> Vec<Event> {
     srv.wait_events("the call's end", |ev| {
         ev.iter().any(|(s, e, _)| *s > before && e.kind == until)
     })
@@ -1427,8 +1119,8 @@ async fn events_after(srv: &Srv, before: u64, until: Kind) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_identities_are_typed_and_a_cn_spelling_a_spiffe_id_is_refused() {
     const SVC_A: &str = "spiffe://example.org/svc-a";
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 10);
+    let seeded = seeded_db(&seed_of(2, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
     let ca = make_ca("case-export test CA");
     let principals = vec![
         PrincipalConfig {
@@ -1440,8 +1132,8 @@ async fn tls_identities_are_typed_and_a_cn_spelling_a_spiffe_id_is_refused() {
             ..principal("batch", None, &[Role::Exporter])
         },
     ];
-    let (srv, url) = tls_server(dir.path(), &db, &ca, principals).await;
-    let case = &cases[0].0;
+    let (srv, url) = tls_server(dir.path(), db, &ca, principals).await;
+    let case = &seeded.case_ids[0];
     // One certificate per case, all from the server's own client CA.
     let by_uri = make_leaf(&ca, "anything", vec![uri(SVC_A)], false);
     let by_cn = make_leaf(&ca, "legacy-batch", vec![], false);
@@ -1541,8 +1233,8 @@ fn serve_refuses_untyped_and_look_alike_tls_identities() {
             ),
         )
         .expect("write config");
-        let o = common::run(common::bin().arg("serve").arg("--config").arg(&config));
-        let line = common::one_error_line(&o);
+        let o = run(bin().arg("serve").arg("--config").arg(&config));
+        let line = one_error_line(&o);
         assert!(line.contains("\"svc-x\""), "{line}");
         assert!(line.contains("principals.tls_identity"), "{line}");
         assert!(line.contains(says), "{id}: {line}");
@@ -1556,7 +1248,7 @@ async fn call_path(url: &str, path: &str, token: Option<&str>) -> Status {
     grpc.ready().await.expect("ready");
     let path: http::uri::PathAndQuery = path.parse().expect("path");
     grpc.unary::<(), (), _>(
-        with_creds((), token, Some(TEST_ANALYST)),
+        with_creds((), token, Some(ANALYST)),
         path,
         tonic_prost::ProstCodec::default(),
     )
@@ -1566,16 +1258,16 @@ async fn call_path(url: &str, path: &str, token: Option<&str>) -> Status {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_methods_are_recorded_bounded_and_answered_unimplemented() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, _) = seed(dir.path(), 1, 5);
-    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
+    let seeded = seeded_db(&seed_of(1, 5));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let srv = TestServer::start(base_config(dir.path(), db, principals())).await;
     let long = format!("/case_export.v1.ExportService/{}", "A".repeat(10_000));
     for (path, token, stored) in [
         // An unknown method of a known service, with and without a token.
         ("/case_export.v1.ExportService/DeleteCase", None, None),
         (
             "/case_export.v1.ExportService/DeleteCase",
-            Some(TEST_TOKEN),
+            Some(TOKEN),
             None,
         ),
         // A service that does not exist: tonic alone answered it unseen.
@@ -1666,23 +1358,27 @@ fn trail_bytes_by_kind(audit_db: &Path, after: u64) -> BTreeMap<String, u64> {
 async fn denied_calls_with_60_kb_headers_grow_the_trail_by_a_bounded_amount() {
     const CALLS: u64 = 50;
     const BURST: u64 = 10;
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 1, 5);
-    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    let seeded = seeded_db(&seed_of(1, 5));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let mut cfg = base_config(dir.path(), db, principals());
     cfg.audit.denied_record_burst = BURST as u32;
     // One record a minute back: the burst is about all this test sees.
     cfg.audit.denied_records_per_minute = 1;
-    let srv = Srv::start(cfg).await;
+    let srv = TestServer::start(cfg).await;
     srv.settle().await;
     let start = srv.last_seq();
-    let audit_db = srv.audit_db.clone();
+    let audit_db = srv.config.audit_db.clone();
     let big = "a".repeat(60_000);
-    let mut c = raw_export(&srv.url, false).await;
+    let mut c = raw_client(&srv.url).await;
     for i in 0..CALLS {
         // Half without a token, half with a wrong one.
         let token = (i % 2 == 1).then_some("cxt_wrong");
         let s = c
-            .export_case(with_creds(export_req(&cases[0].0), token, Some(&big)))
+            .export_case(with_creds(
+                request(&seeded.case_ids[0], PURPOSE),
+                token,
+                Some(&big),
+            ))
             .await
             .expect_err("refused");
         assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
@@ -1692,7 +1388,7 @@ async fn denied_calls_with_60_kb_headers_grow_the_trail_by_a_bounded_amount() {
     // The clean stop writes the count of the calls that were not recorded.
     srv.stop().await;
 
-    let all: Vec<Event> = audit_events(&audit_db)
+    let all: Vec<Event> = audit_trail(&audit_db)
         .into_iter()
         .filter(|(s, _, _)| *s > start)
         .map(|(_, e, _)| e)
@@ -1775,25 +1471,22 @@ async fn denied_calls_with_60_kb_headers_grow_the_trail_by_a_bounded_amount() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn format_characters_in_purpose_and_on_behalf_of_are_refused() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 1, 5);
-    let srv = Srv::start(base_config(dir.path(), &db, standard_principals())).await;
-    let mut c = raw_export(&srv.url, false).await;
+    let seeded = seeded_db(&seed_of(1, 5));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let srv = TestServer::start(base_config(dir.path(), db, principals())).await;
+    let mut c = raw_client(&srv.url).await;
     for hidden in ['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}'] {
         let code = format!("U+{:04X}", hidden as u32);
         // The purpose: refused before anything is read.
-        let mut req = export_req(&cases[0].0);
+        let mut req = request(&seeded.case_ids[0], PURPOSE);
         req.purpose = format!("TICKET-1{hidden}234: review");
-        let s = c
-            .export_case(with_creds(req, Some(TEST_TOKEN), Some(TEST_ANALYST)))
-            .await
-            .expect_err("refused");
+        let s = c.export_case(authed(req)).await.expect_err("refused");
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         assert!(s.message().contains(&code), "{s:?}");
         // The analyst: UTF-8 bytes in the metadata, as a hostile client
         // can send them.
         let analyst = format!("alice{hidden}.evil");
-        let mut r = with_creds(export_req(&cases[0].0), Some(TEST_TOKEN), None);
+        let mut r = with_creds(request(&seeded.case_ids[0], PURPOSE), Some(TOKEN), None);
         r.metadata_mut().insert(
             ON_BEHALF_OF,
             tonic::metadata::AsciiMetadataValue::try_from(analyst.as_bytes())
@@ -1832,10 +1525,9 @@ async fn format_characters_in_purpose_and_on_behalf_of_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_new_prints_a_token_and_a_working_principal_block() {
     let dir = TempDir::new().expect("tempdir");
-    let o =
-        common::run(common::bin().args(["token", "new", "--name", "svc", "--roles", "exporter"]));
-    assert!(o.status.success(), "{}", common::stderr_of(&o));
-    let text = common::stdout_of(&o);
+    let o = run(bin().args(["token", "new", "--name", "svc", "--roles", "exporter"]));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let text = stdout_of(&o);
     let token = text.lines().next().expect("token line").to_string();
     assert!(
         token.starts_with("cxt_") && token.len() == 68 && !token.contains(' '),
@@ -1848,28 +1540,32 @@ async fn token_new_prints_a_token_and_a_working_principal_block() {
     let p = &parsed.principals[0];
     assert_eq!(p.name, "svc");
     assert_eq!(p.roles, [Role::Exporter]);
-    assert_eq!(p.token_sha256.as_deref(), Some(digest(&token).as_str()));
+    assert_eq!(
+        p.token_sha256.as_deref(),
+        Some(token_digest(&token).as_str())
+    );
     assert!(p.tenants.is_none() && p.tls_identity.is_none());
 
     // A server configured with exactly that block accepts the token.
-    let seeded = common::seed_db(dir.path());
+    let seeded = seeded_db(&small_seed());
     let config = dir.path().join("svc.toml");
     std::fs::write(&config, block).expect("write config");
     let audit_db = dir.path().join("audit.db");
     let server =
         ServerProcess::start_custom(&config, &seeded.path, &audit_db, dir.path(), &[], |_| {});
-    let receipt = ExportClient::connect_with(&server.url(), options(Some(&token), Some("a.n")))
-        .await
-        .expect("connect")
-        .export_case(
-            &seeded.case_ids[0],
-            PURPOSE,
-            &mut tokio::io::sink(),
-            |_, _| {},
-        )
-        .await
-        .expect("export with the new token");
-    let e = ExportClient::connect_with(&server.url(), common::test_client_options())
+    let receipt =
+        ExportClient::connect_with(&server.url(), client_options(Some(&token), Some("a.n")))
+            .await
+            .expect("connect")
+            .export_case(
+                &seeded.case_ids[0],
+                PURPOSE,
+                &mut tokio::io::sink(),
+                |_, _| {},
+            )
+            .await
+            .expect("export with the new token");
+    let e = ExportClient::connect_with(&server.url(), test_client_options())
         .await
         .expect("connect")
         .export_case(
@@ -1881,13 +1577,10 @@ async fn token_new_prints_a_token_and_a_working_principal_block() {
         .await
         .expect_err("another token is unknown to this server");
     assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
-    let all = wait_for("the export's completed event", || {
-        let ev = audit_events(&audit_db);
-        ev.iter()
-            .any(|(_, e, _)| {
-                e.kind == Kind::Completed && e.export_id.as_deref() == Some(&receipt.export_id)
-            })
-            .then_some(ev)
+    let all = wait_trail(&audit_db, "the export's completed event", |ev| {
+        ev.iter().any(|(_, e, _)| {
+            e.kind == Kind::Completed && e.export_id.as_deref() == Some(&receipt.export_id)
+        })
     })
     .await;
     let done = all
@@ -1907,18 +1600,14 @@ async fn token_new_prints_a_token_and_a_working_principal_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 1, 400);
+    let seeded = seeded_db(&seed_of(1, 400));
+    let (dir, db) = (&seeded.dir, &seeded.path);
     // The snapshot's size, from a first export.
     let probe_dir = TempDir::new().expect("probe dir");
-    let probe = Srv::start(base_config(probe_dir.path(), &db, standard_principals())).await;
-    let mut c = raw_export(&probe.url, false).await;
+    let probe = TestServer::start(base_config(probe_dir.path(), db, principals())).await;
+    let mut c = raw_client(&probe.url).await;
     let first = c
-        .export_case(with_creds(
-            export_req(&cases[0].0),
-            Some(TEST_TOKEN),
-            Some(TEST_ANALYST),
-        ))
+        .export_case(authed(request(&seeded.case_ids[0], PURPOSE)))
         .await
         .expect("probe export")
         .into_inner()
@@ -1937,18 +1626,14 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     // buffer is full.
     let chunk_size = probed.plaintext_size.div_ceil(3) as usize;
     assert!(chunk_size > 64 * 1024, "case too small: {probed:?}");
-    let mut cfg = base_config(dir.path(), &db, standard_principals());
+    let mut cfg = base_config(dir.path(), db, principals());
     cfg.chunk_size = chunk_size;
     cfg.channel_depth = 1;
-    let srv = Srv::start(cfg).await;
-    break_store(&srv.audit_db, Some("sealed"));
-    let mut client = raw_export(&srv.url, true).await;
+    let srv = TestServer::start(cfg).await;
+    break_store(&srv.config.audit_db, Some("sealed"));
+    let mut client = raw_client_small_window(&srv.url).await;
     let mut stream = client
-        .export_case(with_creds(
-            export_req(&cases[0].0),
-            Some(TEST_TOKEN),
-            Some(TEST_ANALYST),
-        ))
+        .export_case(authed(request(&seeded.case_ids[0], PURPOSE)))
         .await
         .expect("export starts")
         .into_inner();
@@ -1963,8 +1648,8 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     assert_eq!(h.chunk_count, 3, "premise: a three-chunk export");
     // The client reads nothing more until the custody record has failed
     // (the store reports unhealthy only after that write failed).
-    wait_health(&srv.url, ServingStatus::NotServing).await;
-    heal_store(&srv.audit_db);
+    wait_export_health(&srv.url, ServingStatus::NotServing, DEADLINE).await;
+    heal_store(&srv.config.audit_db);
     let mut chunks = 0;
     let end = loop {
         match stream.message().await {
@@ -1978,7 +1663,7 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
         }
     };
     assert_eq!(chunks, 3);
-    let evs = srv.wait_export_end(&cases[0].0).await;
+    let evs = srv.wait_export_end(&seeded.case_ids[0]).await;
     let terminal = evs.last().expect("terminal");
     assert_eq!(
         (terminal.kind, terminal.code.as_deref()),
@@ -2017,35 +1702,31 @@ async fn list_as(url: &str, token: &str) -> Vec<case_export::pb::AuditEvent> {
 /// tells every auditor the chain's integrity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_limited_auditors_read_only_their_tenants_events() {
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 6, 10);
-    let of = |t: &str| {
-        cases
-            .iter()
-            .find(|(_, tenant)| tenant == t)
-            .map(|(id, _)| id.clone())
-            .unwrap_or_else(|| panic!("seed 7 gives a case of tenant {t}: {cases:?}"))
-    };
-    let (north, south) = (of("north"), of("south"));
+    let seeded = seeded_db(&seed_of(6, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let (north, south) = (
+        seeded.case_of_tenant("north"),
+        seeded.case_of_tenant("south"),
+    );
     let limited = |name: &str, token: &str, role: Role, tenant: &str| PrincipalConfig {
         tenants: Some(vec![tenant.into()]),
         ..principal(name, Some(token), &[role])
     };
-    let mut principals = standard_principals();
+    let mut principals = principals();
     principals.extend([
         limited("north-svc", NORTH_TOKEN, Role::Exporter, "north"),
         limited("south-svc", SOUTH_TOKEN, Role::Exporter, "south"),
         limited("north-auditor", NORTH_AUDITOR_TOKEN, Role::Auditor, "north"),
         limited("south-auditor", SOUTH_AUDITOR_TOKEN, Role::Auditor, "south"),
     ]);
-    let srv = Srv::start(base_config(dir.path(), &db, principals)).await;
+    let srv = TestServer::start(base_config(dir.path(), db, principals)).await;
 
     assert!(export_raw(&srv.url, Some(NORTH_TOKEN), &north).await.key);
     let probe = export_raw(&srv.url, Some(NORTH_TOKEN), &south).await;
     assert_eq!(probe.status.expect("refused").code(), Code::NotFound);
     assert!(export_raw(&srv.url, Some(SOUTH_TOKEN), &south).await.key);
     // An unrestricted principal's exports count for the case's tenant.
-    assert!(export_raw(&srv.url, Some(TEST_TOKEN), &north).await.key);
+    assert!(export_raw(&srv.url, Some(TOKEN), &north).await.key);
     let stranger = export_raw(&srv.url, Some("no-such-token"), &north).await;
     assert_eq!(
         stranger.status.expect("refused").code(),
@@ -2133,31 +1814,22 @@ async fn tenant_limited_auditors_read_only_their_tenants_events() {
     srv.stop().await;
 }
 
-/// The `/metrics` page of a server (plain HTTP/1.0).
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .expect("send");
-    let mut page = String::new();
-    s.read_to_string(&mut page).await.expect("read");
-    page
-}
-
 /// A server restarted on a trail with an event forged after its last clean
 /// stop refuses the trail: health NOT_SERVING, exports UNAVAILABLE with no
 /// key, and the metric counts it. Restored from a copy, the trail serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let dir = TempDir::new().expect("tempdir");
-    let (db, cases) = seed(dir.path(), 2, 10);
-    let mut config = base_config(dir.path(), &db, standard_principals());
+    // Counts trail mismatches of the process-wide registry: no other
+    // test's server or audit writer may find one meanwhile.
+    let _all_metrics = metrics_exclusive();
+    let seeded = seeded_db(&seed_of(2, 10));
+    let (dir, db) = (&seeded.dir, &seeded.path);
+    let mut config = base_config(dir.path(), db, principals());
     config.audit.checkpoint_file = Some(dir.path().join("checkpoints.jsonl"));
-    let srv = Srv::start(config.clone()).await;
+    let srv = TestServer::start(config.clone()).await;
     assert!(
-        export_raw(&srv.url, Some(TEST_TOKEN), &cases[0].0)
+        export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[0])
             .await
             .key
     );
@@ -2186,13 +1858,15 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     };
     let mut refused_config = config.clone();
     refused_config.metrics_listen = Some(metrics_addr);
-    let srv = Srv::start(refused_config).await;
-    wait_health(&srv.url, ServingStatus::NotServing).await;
-    let refused = export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0).await;
+    let srv = TestServer::start(refused_config).await;
+    wait_export_health(&srv.url, ServingStatus::NotServing, DEADLINE).await;
+    let refused = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[1]).await;
     let status = refused.status.expect("refused");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(refused.header.is_none() && !refused.key);
-    let scraped = scrape(metrics_addr).await;
+    let scraped = crate::support::scrape_metrics(metrics_addr)
+        .await
+        .expect("scrape");
     assert!(
         scraped
             .lines()
@@ -2215,10 +1889,10 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
         let _ = std::fs::remove_file(format!("{}{ext}", config.audit_db.display()));
     }
     std::fs::copy(&backup, &config.audit_db).expect("restore");
-    let srv = Srv::start(config).await;
-    wait_health(&srv.url, ServingStatus::Serving).await;
+    let srv = TestServer::start(config).await;
+    wait_export_health(&srv.url, ServingStatus::Serving, DEADLINE).await;
     assert!(
-        export_raw(&srv.url, Some(TEST_TOKEN), &cases[1].0)
+        export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[1])
             .await
             .key
     );

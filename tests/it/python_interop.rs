@@ -4,15 +4,13 @@
 //! header against the format, and SQLite accepts the reassembled snapshot.
 //!
 //! Runs `$PYTHON`, else a virtual environment under the target directory
-//! into which `cryptography` is installed on first use (`common::python`).
+//! into which `cryptography` is installed on first use (`support::python`).
 
-mod common;
-
-use case_export::client::{ExportClient, Receipt};
-use common::{
-    SMALL_CHUNK, ServerProcess, python, require_python_module, run, seed_db, sha256_file,
-    stderr_of, stdout_of, test_client_options,
+use crate::support::{
+    SMALL_CHUNK, ServerProcess, python, require_python_module, run, seeded_db, sha256_file,
+    small_seed, stderr_of, stdout_of, test_client_options,
 };
+use case_export::client::{ExportClient, Receipt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -43,8 +41,8 @@ fn export(url: &str, case_id: &str, dir: &Path) -> Receipt {
 #[test]
 fn python_fernet_opens_a_real_export() {
     require_python_module("cryptography", "cryptography");
-    let dir = tempfile::tempdir().unwrap();
-    let db = seed_db(dir.path());
+    let db = seeded_db(&small_seed());
+    let dir = &db.dir;
     let case_id = db.case_ids[2].clone();
     let chunk = SMALL_CHUNK.to_string();
     let server = ServerProcess::start(&db.path, dir.path(), &["--chunk-size", &chunk]);

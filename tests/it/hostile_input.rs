@@ -4,186 +4,35 @@
 //! files and keys for the offline reader, and garbage configuration files.
 //! Each is refused with one clear error and leaves the server healthy.
 
-mod support;
-
-#[path = "../fuzz/src/oracle.rs"]
+#[path = "../../fuzz/src/oracle.rs"]
 mod oracle;
 
-use case_export::pb::ExportCaseRequest;
+use crate::support::*;
 use case_export::seal::{ExportId, SecretKey, open_reader, seal_to_writer};
 use case_export::server::Config;
 use proptest::prelude::*;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
-use support::*;
-use tempfile::TempDir;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-const BIN: &str = env!("CARGO_BIN_EXE_case-export");
 const PURPOSE: &str = "TICKET-6502: hostile input test";
 const BOUND: Duration = Duration::from_secs(30);
 const DEADLINE: Duration = Duration::from_secs(10);
-const READ_LIMIT: u64 = 1 << 30;
-
-fn request(case_id: &str, purpose: &str) -> ExportCaseRequest {
-    ExportCaseRequest {
-        case_id: case_id.to_string(),
-        purpose: purpose.to_string(),
-    }
-}
-
-/// A command for the binary that the outer environment cannot steer.
-fn bin() -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CASE_EXPORT_") {
-            c.env_remove(k);
-        }
-    }
-    c.stdin(Stdio::null());
-    c
-}
-
-/// Runs a short command of the binary to completion, bounded.
-fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn case-export");
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("case-export still running after {BOUND:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Checks a failed command printed exactly one line on stderr (prefixed
 /// as the binary prints errors), nothing on stdout, and exited 1; returns
 /// the line.
 #[track_caller]
 fn one_line_failure(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert_eq!(stdout, "", "nothing on stdout");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {stderr:?}");
-    assert!(stderr.ends_with('\n'));
-    let line = lines[0];
+    let line = one_error_line(out);
+    assert_eq!(stdout_of(out), "", "nothing on stdout");
     assert!(line.starts_with("case-export: "), "{line:?}");
     assert!(line.len() < 600, "a short line: {line:?}");
-    line.to_string()
-}
-
-// ---------------------------------------------------------------------------
-// The real binary, run in an empty working directory.
-
-struct BinServer {
-    child: tokio::process::Child,
-    url: String,
-    cwd: TempDir,
-    db: SeededDb,
-    audit_db: PathBuf,
-}
-
-impl BinServer {
-    async fn start() -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let db = seeded_db(&small_seed());
-        let cwd = tempfile::tempdir().expect("cwd");
-        let audit_db = db.dir.path().join("audit.db");
-        let config = db.dir.path().join("server.toml");
-        let p = test_principal();
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ncase_db = {:?}\naudit_db = {:?}\n\
-                 shutdown_grace_secs = 1\n\n\
-                 [[principals]]\nname = {:?}\ntoken_sha256 = {:?}\nroles = [\"exporter\"]\n",
-                db.path,
-                audit_db,
-                p.name,
-                p.token_sha256.expect("digest"),
-            ),
-        )
-        .expect("write config");
-        let mut cmd = tokio::process::Command::new(BIN);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CASE_EXPORT_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .env("TMPDIR", cwd.path())
-            .current_dir(cwd.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn case-export serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = within("the listening line", BOUND, lines.next_line())
-            .await
-            .expect("read stdout")
-            .expect("a first line");
-        let addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            cwd,
-            db,
-            audit_db,
-        }
-    }
-
-    /// SIGTERM, then a clean exit.
-    async fn stop(mut self) -> (TempDir, SeededDb, PathBuf) {
-        let pid = self.child.id().expect("running");
-        // SAFETY: SIGTERM to our own child, whose pid we hold.
-        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
-        let status = within("exit after SIGTERM", BOUND, self.child.wait())
-            .await
-            .expect("wait");
-        assert!(status.success(), "{status:?}");
-        (self.cwd, self.db, self.audit_db)
-    }
-}
-
-/// The status of a call refused before its first message.
-async fn refused(url: &str, req: ExportCaseRequest) -> Status {
-    match raw_client(url).await.export_case(authed(req)).await {
-        Ok(_) => panic!("the call was accepted"),
-        Err(s) => s,
-    }
-}
-
-/// A good export through the library client, opened with its key.
-async fn assert_good_export(url: &str, case_id: &str) {
-    let mut enc = Vec::new();
-    let receipt = client(url)
-        .await
-        .export_case(case_id, PURPOSE, &mut enc, |_, _| {})
-        .await
-        .unwrap_or_else(|e| panic!("a good export after hostile input failed: {e}"));
-    open_reader(BufReader::new(&enc[..]), &receipt.key, READ_LIMIT).expect("the export opens");
+    line
 }
 
 /// A message fit to show and to log: one short line of printable text.
@@ -276,9 +125,25 @@ fn patched_request(case_id: &str, purpose: &str, field: &str, bytes: &[u8]) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_case_ids_and_purposes_are_refused_and_leave_no_file() {
-    let server = BinServer::start().await;
-    let url = server.url.clone();
-    let good = server.db.case_ids[0].clone();
+    // The real binary, run in an empty working directory that is also its
+    // TMPDIR.
+    let db = seeded_db(&small_seed());
+    let cwd = tempfile::tempdir().expect("cwd");
+    let audit_db = db.dir.path().join("audit.db");
+    let server = ServerProcess::start_custom(
+        &write_config(&db.dir.path().join("server.toml"), ""),
+        &db.path,
+        &audit_db,
+        db.dir.path(),
+        &[],
+        |cmd| {
+            cmd.env("RUST_LOG", "warn")
+                .env("TMPDIR", cwd.path())
+                .current_dir(cwd.path());
+        },
+    );
+    let url = server.url();
+    let good = db.case_ids[0].clone();
     let long = "x".repeat(10 * 1024);
     let cases: Vec<(&str, &str)> = vec![
         // SQL metacharacters.
@@ -405,7 +270,8 @@ async fn hostile_case_ids_and_purposes_are_refused_and_leave_no_file() {
 
     wait_export_health(&url, ServingStatus::Serving, DEADLINE).await;
     assert_good_export(&url, &good).await;
-    let (cwd, _db, audit_db) = server.stop().await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
     assert_eq!(
         dir_entries(cwd.path()),
         Vec::<String>::new(),

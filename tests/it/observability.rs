@@ -1,45 +1,27 @@
 //! Metrics move with exports, and JSON logs carry request and export ids.
 
-mod support;
+use crate::support::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A 200 answer of the metrics listener (its body).
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    scrape_metrics(addr)
+        .await
+        .expect("a 200 answer from /metrics")
 }
 
-fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(
-        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
-        "{body}"
-    );
-    body
-}
-
-/// The value of the sample whose name and labels start with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The value of a sample (summed over its label sets that include
+/// `labels`; 0 when absent).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(text, name, labels).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_after_an_export() {
-    let port = free_port();
+    // Deltas of the process-wide registry: no other server may run.
+    let _all_metrics = metrics_exclusive();
+    let addr = free_loopback_addr();
     let server = start_server(|c| {
-        c.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        c.metrics_listen = Some(addr);
     })
     .await;
     // The metrics listener is bound as the server starts; wait for it.
@@ -47,13 +29,14 @@ async fn metrics_move_after_an_export() {
         "metrics listener",
         std::time::Duration::from_secs(10),
         || async {
-            TcpStream::connect(("127.0.0.1", port))
+            tokio::net::TcpStream::connect(addr)
+                .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
     )
     .await;
-    let before = scrape(port);
+    let before = scrape(addr).await;
     assert!(
         before.contains("# TYPE case_export_exports_started counter"),
         "{before}"
@@ -84,14 +67,10 @@ async fn metrics_move_after_an_export() {
         "completed counter",
         std::time::Duration::from_secs(10),
         || async {
-            let a = scrape(port);
-            let done = sample(
-                &a,
-                "case_export_exports_finished_total{outcome=\"completed\",code=\"OK\"}",
-            ) - sample(
-                &before,
-                "case_export_exports_finished_total{outcome=\"completed\",code=\"OK\"}",
-            );
+            let a = scrape(addr).await;
+            let completed = [("outcome", "completed"), ("code", "OK")];
+            let done = sample(&a, "case_export_exports_finished_total", &completed)
+                - sample(&before, "case_export_exports_finished_total", &completed);
             if done >= 1.0 {
                 Ok(a)
             } else {
@@ -100,20 +79,25 @@ async fn metrics_move_after_an_export() {
         },
     )
     .await;
-    let delta = |name: &str| sample(&after, name) - sample(&before, name);
-    assert_eq!(delta("case_export_exports_started_total"), 1.0);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(delta("case_export_exports_started_total", &[]), 1.0);
     assert_eq!(
-        delta("case_export_exports_finished_total{outcome=\"denied\",code=\"UNAUTHENTICATED\"}"),
+        delta(
+            "case_export_exports_finished_total",
+            &[("outcome", "denied"), ("code", "UNAUTHENTICATED")]
+        ),
         1.0
     );
     assert_eq!(
-        delta("case_export_bytes_streamed_total"),
+        delta("case_export_bytes_streamed_total", &[]),
         receipt.bytes as f64
     );
-    assert_eq!(delta("case_export_snapshot_size_bytes_count"), 1.0);
-    assert_eq!(delta("case_export_export_duration_seconds_count"), 1.0);
-    assert!(sample(&after, "case_export_audit_write_seconds_count") > 0.0);
-    assert_eq!(sample(&after, "case_export_exports_in_flight"), 0.0);
+    assert_eq!(delta("case_export_snapshot_size_bytes_count", &[]), 1.0);
+    assert_eq!(delta("case_export_export_duration_seconds_count", &[]), 1.0);
+    assert!(sample(&after, "case_export_audit_write_seconds_count", &[]) > 0.0);
+    assert_eq!(sample(&after, "case_export_exports_in_flight", &[]), 0.0);
     assert!(after.contains("case_export_snapshot_bytes_held"));
     assert!(after.trim_end().ends_with("# EOF"));
 }
@@ -125,38 +109,28 @@ fn json_logs_carry_request_and_export_ids_and_never_the_key() {
     let cfg = test_config(db.path.clone(), dir.path());
     let cfg_path = dir.path().join("config.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
-    let log_path = dir.path().join("server.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_case-export"))
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&cfg_path)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("start server");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_string();
+    let server = ServerProcess::start_custom(
+        &cfg_path,
+        &cfg.case_db,
+        &cfg.audit_db,
+        dir.path(),
+        &["--log-format", "json"],
+        |c| {
+            c.env("RUST_LOG", "trace");
+        },
+    );
+    let log_path = server.log_path().to_path_buf();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = tempfile::tempdir().unwrap();
     let receipt = rt.block_on(async {
-        let mut c = client(&format!("http://{addr}")).await;
+        let mut c = client(&server.url()).await;
         c.export_to_dir(&db.case_ids[0], "T-LOGS", out.path(), |_, _| {})
             .await
             .expect("export")
     });
     let key = receipt.key.expose_fernet_key();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = server.terminate();
     assert!(status.success());
 
     let log = std::fs::read_to_string(&log_path).unwrap();

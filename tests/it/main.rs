@@ -1,0 +1,25 @@
+//! The integration tests, one test binary: each module is a topic, every
+//! server is real (in process on 127.0.0.1:0, or the `case-export` binary
+//! as a child), and the helpers they share live in `tests/support`.
+//!
+//! One binary links tonic, SQLite and the crate once instead of once per
+//! topic. Its tests run as threads of one process: see
+//! `support::metrics` for how tests that count global metrics keep out of
+//! each other's way.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod audit_tamper;
+mod auth_audit;
+mod cli;
+mod deploy;
+mod export_service;
+mod fernet_vectors;
+mod grpcurl;
+mod hostile_input;
+mod observability;
+mod python_interop;
+mod reliability;
+mod seal_format;
+mod snapshot_scope;

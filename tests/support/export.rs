@@ -1,0 +1,70 @@
+//! Good exports through the library client, opened with their key and
+//! checked against their receipt: what a test runs to show the server still
+//! serves after whatever it did to it.
+
+use super::poll::eventually;
+use super::server::client;
+use case_export::client::{ClientError, Receipt};
+use case_export::seal::open_reader;
+use case_export::snapshot::SnapshotView;
+use std::io::BufReader;
+use std::time::Duration;
+
+/// The purpose of the good exports made by these helpers.
+pub const PURPOSE: &str = "TICKET-4711: integration test";
+
+/// Largest plaintext the tests' readers accept.
+pub const READ_LIMIT: u64 = 1 << 30;
+
+/// How long a good export may take to be served again (a slot or budget
+/// given back): a bound against hangs.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Decrypts the export in `enc` and opens its snapshot, checking it is the
+/// export the receipt describes.
+#[track_caller]
+pub fn open_export(enc: &[u8], receipt: &Receipt) -> SnapshotView {
+    let opened = open_reader(BufReader::new(enc), &receipt.key, READ_LIMIT)
+        .expect("the export opens with the receipt's key");
+    assert_eq!(hex::encode(opened.sha256), receipt.ciphertext_sha256);
+    assert_eq!(opened.chunks, receipt.chunks);
+    assert_eq!(opened.export_id.to_hex(), receipt.export_id);
+    assert_eq!(opened.plaintext.len() as u64, receipt.plaintext_size);
+    assert_eq!(&opened.plaintext[..16], b"SQLite format 3\0");
+    let view = SnapshotView::open(&opened.plaintext).expect("the plaintext is a SQLite database");
+    assert!(view.integrity_ok().expect("integrity_check runs"));
+    view
+}
+
+/// One complete export of `case_id` through the library client, opened
+/// and checked against its receipt and the case asked for.
+pub async fn export_checked(url: &str, case_id: &str) -> Result<Receipt, ClientError> {
+    let mut enc = Vec::new();
+    let receipt = client(url)
+        .await
+        .export_case(case_id, PURPOSE, &mut enc, |_, _| {})
+        .await?;
+    let view = open_export(&enc, &receipt);
+    assert_eq!(view.manifest().expect("manifest").case_id, case_id);
+    Ok(receipt)
+}
+
+/// A good export must succeed now (the server is healthy and no slot leaked).
+pub async fn assert_good_export(url: &str, case_id: &str) -> Receipt {
+    export_checked(url, case_id)
+        .await
+        .unwrap_or_else(|e| panic!("a good export of {case_id} failed after an earlier error: {e}"))
+}
+
+/// A good export, retried while the server answers "busy" (a slot or
+/// budget not yet given back); any other failure fails the test.
+pub async fn good_export_eventually(url: &str, case_id: &str) -> Receipt {
+    eventually("a good export", DEADLINE, || async {
+        match export_checked(url, case_id).await {
+            Ok(r) => Ok(r),
+            Err(e @ ClientError::Busy(_)) => Err(e.to_string()),
+            Err(e) => panic!("a good export of {case_id} failed: {e}"),
+        }
+    })
+    .await
+}
