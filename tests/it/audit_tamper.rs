@@ -9,9 +9,9 @@
 //! and exact); the checkpoint-key and SIGKILL tests run the real server.
 
 use crate::support::{
-    MetricsShared, ServerProcess, audit_trail, authed, bin, dir_entries, eventually,
-    metrics_shared, mode, one_error_line, raw_client_small_window, request, run, seeded_db,
-    small_seed, stderr_of, stdout_of, test_client_options, write_test_config,
+    ServerProcess, audit_trail, authed, bin, dir_entries, eventually, mode, one_error_line,
+    raw_client_small_window, request, run, seeded_db, small_seed, stderr_of, stdout_of,
+    test_client_options, write_test_config,
 };
 use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
 use rusqlite::{Connection, params};
@@ -85,14 +85,11 @@ struct Log {
     dir: TempDir,
     db: PathBuf,
     checkpoints: PathBuf,
-    /// Writers on the log count trail mismatches in the global metrics.
-    _metrics: Option<MetricsShared>,
 }
 
 const EVENTS: u64 = 13;
 
 fn build_log() -> Log {
-    let metrics = metrics_shared();
     let dir = TempDir::new().expect("tempdir");
     let db = dir.path().join("audit.db");
     let checkpoints = dir.path().join("checkpoints.jsonl");
@@ -132,7 +129,6 @@ fn build_log() -> Log {
         dir,
         db,
         checkpoints,
-        _metrics: metrics,
     }
 }
 

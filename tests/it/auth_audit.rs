@@ -1822,7 +1822,6 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     use tonic_health::pb::health_check_response::ServingStatus;
     // Counts trail mismatches of the process-wide registry: no other
     // test's server or audit writer may find one meanwhile.
-    let _all_metrics = metrics_exclusive();
     let seeded = seeded_db(&seed_of(2, 10));
     let (dir, db) = (&seeded.dir, &seeded.path);
     let mut config = base_config(dir.path(), db, principals());

@@ -3,9 +3,8 @@
 //! as a child), and the helpers they share live in `tests/support`.
 //!
 //! One binary links tonic, SQLite and the crate once instead of once per
-//! topic. Its tests run as threads of one process: see
-//! `support::metrics` for how tests that count global metrics keep out of
-//! each other's way.
+//! topic. Its tests run as threads of one process; every server has its
+//! own metrics registry, so none counts another's calls.
 
 #[path = "../support/mod.rs"]
 mod support;

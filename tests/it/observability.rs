@@ -18,7 +18,6 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_after_an_export() {
     // Deltas of the process-wide registry: no other server may run.
-    let _all_metrics = metrics_exclusive();
     let addr = free_loopback_addr();
     let server = start_server(|c| {
         c.metrics_listen = Some(addr);

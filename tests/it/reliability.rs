@@ -153,7 +153,6 @@ enum LeaveAt {
 async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() {
     // Counts cancelled calls of the process-wide registry: no other test's
     // server may cancel one meanwhile.
-    let _all_metrics = metrics_exclusive();
     let server = start_server_with(&big_seed(), |c| {
         stall_prone(c);
         c.max_in_flight = 1;
@@ -1328,7 +1327,6 @@ async fn rejected(server: &TestServer, listener: &str, reason: &str) -> f64 {
 async fn sockets_that_never_finish_the_handshake_are_closed() {
     use tokio::io::AsyncWriteExt;
     // Counts rejected connections of the process-wide registry.
-    let _all_metrics = metrics_exclusive();
     let server = start_server(|c| {
         c.handshake_timeout_secs = 1;
         c.health_listen = Some(free_loopback_addr());
@@ -1446,7 +1444,6 @@ async fn tls_sockets_that_never_finish_tls_or_http2_are_closed() {
 async fn connections_over_the_cap_are_closed_and_the_others_keep_working() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Counts rejected connections of the process-wide registry.
-    let _all_metrics = metrics_exclusive();
     let server = start_server(|c| {
         c.max_connections = 3;
         with_metrics(c);

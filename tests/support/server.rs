@@ -2,7 +2,6 @@
 //! oneshot shutdown, its trail, its health, and the clients that call it.
 
 use super::audit::{Ev, all_ended, audit_trail, of_request, trail_started, wait_trail};
-use super::metrics::{MetricsShared, metrics_shared};
 use super::poll::{eventually, within};
 use super::principals::{authed, principals, test_client_options};
 use super::seed::{seeded_db, small_seed};
@@ -43,7 +42,6 @@ pub struct TestServer {
     /// Holds the case database (and anything else the test puts there),
     /// unless the test keeps its own directory.
     dir: Option<TempDir>,
-    _metrics: Option<MetricsShared>,
 }
 
 /// A config for tests: loopback, `case_db`, the audit trail in `dir`, the
@@ -103,7 +101,6 @@ impl TestServer {
 
     async fn spawn(config: Config, dir: Option<TempDir>, case_ids: Vec<String>) -> Self {
         config.validate().expect("test config is valid");
-        let metrics = metrics_shared();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -125,7 +122,6 @@ impl TestServer {
             config,
             case_ids,
             dir,
-            _metrics: metrics,
         }
     }
 
