@@ -15,9 +15,53 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(text, name, labels).unwrap_or(0.0)
 }
 
+/// Waits until the metrics listener at `addr` takes connections.
+async fn metrics_up(addr: std::net::SocketAddr) {
+    eventually(
+        "metrics listener",
+        std::time::Duration::from_secs(10),
+        || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
+/// Each server counts its own calls: two servers in one process, an export
+/// on one, and only its count moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_separate_counts() {
+    let (a, b) = (free_loopback_addr(), free_loopback_addr());
+    let one = start_server(|c| c.metrics_listen = Some(a)).await;
+    let two = start_server(|c| c.metrics_listen = Some(b)).await;
+    metrics_up(a).await;
+    metrics_up(b).await;
+    let out = tempfile::tempdir().unwrap();
+    client(&one.url)
+        .await
+        .export_to_dir(&one.case_ids[0], "T-METRICS", out.path(), |_, _| {})
+        .await
+        .expect("export");
+    let (sa, sb) = (scrape(a).await, scrape(b).await);
+    assert_eq!(
+        sample(&sa, "case_export_exports_started_total", &[]),
+        1.0,
+        "{sa}"
+    );
+    assert_eq!(
+        sample(&sb, "case_export_exports_started_total", &[]),
+        0.0,
+        "{sb}"
+    );
+    two.stop().await;
+    one.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_after_an_export() {
-    // Deltas of the process-wide registry: no other server may run.
     let addr = free_loopback_addr();
     let server = start_server(|c| {
         c.metrics_listen = Some(addr);
