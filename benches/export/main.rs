@@ -31,6 +31,9 @@
 //! Python and age comparisons hold synthetic plaintext: the server itself
 //! never writes a snapshot to disk.
 
+// The servers, seeding and principals of the integration tests; the
+// harness uses a few of their helpers, so most re-exports go unused here.
+#[allow(unused_imports)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

@@ -6,8 +6,8 @@
 //! scenarios run against a real `serve` child.
 
 use crate::support::{
-    ANALYST, Sealed, SeededDb, ServerProcess, TOKEN, bin, dir_entries, mode, one_error_line, run,
-    seal_case, seeded_db, sha256_file, small_seed, stderr_of, stdout_of,
+    ANALYST, Sealed, SeededDb, ServerProcess, TOKEN, bin, dir_entries, free_loopback_addr, mode,
+    one_error_line, run, seal_case, seeded_db, sha256_file, small_seed, stderr_of, stdout_of,
 };
 use case_export::seal::{KEY_WARNING, OpenError, SecretKey, open_reader};
 use case_export::snapshot::SnapshotView;
@@ -553,11 +553,7 @@ fn export_of_unknown_case_says_case_not_found() {
 fn export_to_a_closed_port_says_cannot_connect() {
     let dir = tempfile::tempdir().unwrap();
     // Bind and release a port so (almost certainly) nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_loopback_addr().port();
     let url = format!("http://127.0.0.1:{port}");
     let o = run(bin()
         .arg("export")

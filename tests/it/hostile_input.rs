@@ -15,7 +15,6 @@ use std::io::BufReader;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -91,12 +90,7 @@ impl tonic::codec::Decoder for RawDecoder {
 
 /// Sends `body` as the ExportCase request; the status the call ends with.
 async fn raw_bytes_call(url: &str, body: Vec<u8>) -> Status {
-    let channel = Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(channel(url, false).await);
     grpc.ready().await.expect("channel ready");
     let path = http::uri::PathAndQuery::from_static("/case_export.v1.ExportService/ExportCase");
     match grpc.server_streaming(authed(body), path, RawCodec).await {
@@ -248,12 +242,7 @@ async fn hostile_case_ids_and_purposes_are_refused_and_leave_no_file() {
     // refusals above are about the bytes, not the codec.
     {
         let body = patched_request(&good, PURPOSE, "TICKET", b"TICKET");
-        let channel = Endpoint::from_shared(url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let mut grpc = tonic::client::Grpc::new(channel);
+        let mut grpc = tonic::client::Grpc::new(channel(&url, false).await);
         grpc.ready().await.expect("ready");
         let path = http::uri::PathAndQuery::from_static("/case_export.v1.ExportService/ExportCase");
         let mut stream = grpc

@@ -8,7 +8,7 @@
 //! its guard drops, even while a test panics.
 
 // Each user takes a different subset of these helpers.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 mod audit;
 mod child;
