@@ -1,4 +1,4 @@
 //! Helpers shared by the fuzz targets (and, by path, by
-//! tests/hostile_input.rs).
+//! tests/it/hostile_input.rs).
 
 pub mod oracle;

@@ -6,7 +6,7 @@
 //! reader and the rules disagree.
 //!
 //! Shared by the `chunk_sequence` fuzz target and by a proptest in
-//! tests/hostile_input.rs (included there by path), so the same oracle runs
+//! tests/it/hostile_input.rs (included there by path), so the same oracle runs
 //! under `cargo fuzz` and in the normal test suite.
 
 use case_export::seal::{ExportId, MAX_CHUNK_SIZE, SecretKey, open_reader};

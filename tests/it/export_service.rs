@@ -626,7 +626,12 @@ async fn shutdown_with_a_held_stream_finishes() {
     .await;
     if let Some(s) = end {
         assert_ne!(s.code(), Code::Ok);
-        assert_message_is_safe(&s, &[server.case_db(), server.dir()]);
+        // A connection the backstop closes under the client surfaces as the
+        // client's own transport error (hyper's words, not the server's);
+        // whatever the server said must be safe.
+        if !s.message().starts_with("h2 protocol error") {
+            assert_message_is_safe(&s, &[server.case_db(), server.dir()]);
+        }
     }
 }
 

@@ -175,23 +175,31 @@ async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() 
             .into_inner();
         let header = read_header(&mut stream).await;
         assert!(header.chunk_count > 60, "case too small to stall");
-        // Just before the key: the `started` event is committed (the
-        // header came), so holding the audit database's write lock now
-        // stops the producer at the custody record, after every chunk and
-        // before the key. The writer's busy timeout is 5 s; the lock is
-        // held well under that.
-        let audit_lock = matches!(leave, LeaveAt::BeforeKey).then(|| {
-            let c = Connection::open(&audit_db).expect("open audit db");
-            c.execute_batch("BEGIN IMMEDIATE")
-                .expect("audit write lock");
-            c
-        });
         let chunks = match leave {
             LeaveAt::AfterHeader => 0,
             LeaveAt::MidStream => 5,
             LeaveAt::BeforeKey => header.chunk_count,
         };
+        // Just before the key: holding the audit database's write lock
+        // stops the producer at the custody record, after every chunk and
+        // before the key. The producer runs at most the channel and the
+        // 64 KiB window ahead of the reader (about 16 sealed 4 KiB chunks),
+        // so the lock is taken 40 chunks before the end: the record cannot
+        // have been written yet, and the lock is held for the last chunks
+        // only, well inside the writer's 5 s busy timeout even on a loaded
+        // machine.
+        let lock_at = match leave {
+            LeaveAt::BeforeKey => header.chunk_count - 40,
+            _ => u64::MAX,
+        };
+        let mut audit_lock = None;
         for i in 0..chunks {
+            if i == lock_at {
+                let c = Connection::open(&audit_db).expect("open audit db");
+                c.execute_batch("BEGIN IMMEDIATE")
+                    .expect("audit write lock");
+                audit_lock = Some(c);
+            }
             match next_message(&mut stream).await {
                 Some(Msg::Chunk(c)) => assert_eq!(c.index, i),
                 other => panic!("expected chunk {i}, got {other:?}"),
