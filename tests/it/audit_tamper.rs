@@ -10,8 +10,8 @@
 
 use crate::support::{
     ServerProcess, audit_trail, authed, bin, dir_entries, eventually, mode, one_error_line,
-    raw_client_small_window, request, run, seeded_db, small_seed, stderr_of, stdout_of,
-    test_client_options, write_test_config,
+    raw_client_small_window, read_header, request, run, seeded_db, small_seed, stderr_of,
+    stdout_of, test_client_options, write_test_config,
 };
 use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
 use rusqlite::{Connection, params};
@@ -817,14 +817,7 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
         .await
         .expect("export")
         .into_inner();
-    let Some(Msg::Header(header)) = stream
-        .message()
-        .await
-        .expect("header")
-        .and_then(|m| m.message)
-    else {
-        panic!("no header")
-    };
+    let header = read_header(&mut stream).await;
     // Far more than the client's window and the server's buffers hold.
     assert!(header.chunk_count > 100, "{} chunks", header.chunk_count);
     let chunk = stream.message().await.expect("chunk").expect("chunk");

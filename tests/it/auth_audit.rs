@@ -1637,14 +1637,7 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
         .await
         .expect("export starts")
         .into_inner();
-    let Some(Msg::Header(h)) = stream
-        .message()
-        .await
-        .expect("header")
-        .and_then(|m| m.message)
-    else {
-        panic!("no header")
-    };
+    let h = read_header(&mut stream).await;
     assert_eq!(h.chunk_count, 3, "premise: a three-chunk export");
     // The client reads nothing more until the custody record has failed
     // (the store reports unhealthy only after that write failed).

@@ -14,7 +14,7 @@ use crate::support::*;
 use case_export::audit::{Event, Kind, verify_log};
 use case_export::client::{ClientError, Receipt};
 use case_export::pb::export_case_response::Message as Msg;
-use case_export::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader};
+use case_export::pb::{ExportCaseRequest, ExportCaseResponse};
 use case_export::seal::{SecretKey, open_reader};
 use case_export::seed::SeedOptions;
 use case_export::server::Config;
@@ -91,21 +91,6 @@ fn assert_no_path(status: &Status, paths: &[&Path]) {
             !msg.to_ascii_lowercase().contains(needle),
             "message contains {needle:?}: {msg:?}"
         );
-    }
-}
-
-async fn next_message(stream: &mut Streaming<ExportCaseResponse>) -> Option<Msg> {
-    stream
-        .message()
-        .await
-        .expect("no error status mid-stream")
-        .map(|m| m.message.expect("every message sets the oneof"))
-}
-
-async fn read_header(stream: &mut Streaming<ExportCaseResponse>) -> ExportHeader {
-    match next_message(stream).await {
-        Some(Msg::Header(h)) => h,
-        other => panic!("first message is not the header: {other:?}"),
     }
 }
 

@@ -5,10 +5,13 @@
 use super::poll::eventually;
 use super::server::client;
 use case_export::client::{ClientError, Receipt};
+use case_export::pb::export_case_response::Message as Msg;
+use case_export::pb::{ExportCaseResponse, ExportHeader};
 use case_export::seal::open_reader;
 use case_export::snapshot::SnapshotView;
 use std::io::BufReader;
 use std::time::Duration;
+use tonic::Streaming;
 
 /// The purpose of the good exports made by these helpers.
 pub const PURPOSE: &str = "TICKET-4711: integration test";
@@ -67,4 +70,21 @@ pub async fn good_export_eventually(url: &str, case_id: &str) -> Receipt {
         }
     })
     .await
+}
+
+/// The next message of an export stream; an error status fails the test.
+pub async fn next_message(stream: &mut Streaming<ExportCaseResponse>) -> Option<Msg> {
+    stream
+        .message()
+        .await
+        .expect("no error status mid-stream")
+        .map(|m| m.message.expect("every message sets the oneof"))
+}
+
+/// The first message of an export stream, which must be its header.
+pub async fn read_header(stream: &mut Streaming<ExportCaseResponse>) -> ExportHeader {
+    match next_message(stream).await {
+        Some(Msg::Header(h)) => h,
+        other => panic!("first message is not the header: {other:?}"),
+    }
 }
