@@ -14,6 +14,8 @@ pub mod seal;
 #[cfg(feature = "server")]
 pub mod audit;
 #[cfg(feature = "server")]
+pub mod db;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "demo")]
 pub mod seed;

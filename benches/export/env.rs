@@ -144,17 +144,19 @@ pub fn warm(path: &Path) {
 
 pub fn build(db: &Path, case_id: &str) -> Snapshot {
     let scope = ScopeConfig::default();
-    build_snapshot(&SnapshotRequest {
-        source: db,
-        case_id,
-        scope: &scope,
-        export_id: ExportId::random().expect("random export id"),
-        created_at: "2025-01-01T00:00:00Z",
-        max_bytes: 4 << 30,
-        busy_timeout: Duration::from_secs(5),
-        tenant_column: None,
-        allowed_tenants: None,
-    })
+    build_snapshot(
+        db,
+        &SnapshotRequest {
+            case_id,
+            scope: &scope,
+            export_id: ExportId::random().expect("random export id"),
+            created_at: "2025-01-01T00:00:00Z",
+            max_bytes: 4 << 30,
+            busy_timeout: Duration::from_secs(5),
+            tenant_column: None,
+            allowed_tenants: None,
+        },
+    )
     .expect("build snapshot")
 }
 

@@ -92,8 +92,8 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
     );
     let config = Config {
         listen: a.listen,
-        case_db: db,
-        audit_db,
+        case_db: db.into(),
+        audit_db: audit_db.into(),
         principals: vec![PrincipalConfig {
             name: "demo".into(),
             token_sha256: Some(super::token::token_sha256(&token)),

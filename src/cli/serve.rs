@@ -1,6 +1,7 @@
 //! `serve`: the config file, then `CASE_EXPORT_*` variables and flags on top.
 
 use super::{CliError, CliResult, LogFormat, harden_process, init_logging, runtime};
+use case_export::db::DbLocation;
 use case_export::server::{self, Config, ConfigError};
 use clap::Args;
 use std::io::Write;
@@ -15,12 +16,12 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, env = "CASE_EXPORT_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Case database (SQLite, opened read-only).
+    /// Case database: a SQLite file (opened read-only) or a postgres:// URL.
     #[arg(long, env = "CASE_EXPORT_CASE_DB")]
-    pub case_db: Option<PathBuf>,
-    /// Audit database (SQLite).
+    pub case_db: Option<DbLocation>,
+    /// Custody trail: a SQLite file, or a postgres:// URL shared by replicas.
     #[arg(long, env = "CASE_EXPORT_AUDIT_DB")]
-    pub audit_db: Option<PathBuf>,
+    pub audit_db: Option<DbLocation>,
     /// Plaintext bytes per chunk.
     #[arg(long, env = "CASE_EXPORT_CHUNK_SIZE")]
     pub chunk_size: Option<usize>,

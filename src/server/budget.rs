@@ -2,6 +2,7 @@
 //! reserves its worst case before it builds, then gives back the surplus.
 
 use super::config::Config;
+use crate::snapshot::CaseSource;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -70,16 +71,13 @@ impl ExportNeed {
     /// The need of an export from the case database of `config`. The
     /// snapshot cannot outgrow twice its source (it is a subset with the
     /// same indexes), so a small source need not reserve the ceiling.
-    pub async fn estimate(config: &Config) -> Self {
-        let mut wal = config.case_db.clone().into_os_string();
-        wal.push("-wal");
-        let mut source_size = 0;
-        for p in [config.case_db.as_os_str(), wal.as_os_str()] {
-            source_size += tokio::fs::metadata(p).await.map(|m| m.len()).unwrap_or(0);
-        }
-        let snapshot_limit = config
-            .max_snapshot_bytes
-            .min(source_size.saturating_mul(2).saturating_add(16 << 20));
+    pub async fn estimate(config: &Config, source: &CaseSource) -> Self {
+        let snapshot_limit = match source.size_hint().await {
+            Some(size) => config
+                .max_snapshot_bytes
+                .min(size.saturating_mul(2).saturating_add(16 << 20)),
+            None => config.max_snapshot_bytes,
+        };
         Self {
             snapshot_limit,
             bytes: snapshot_limit

@@ -2,6 +2,7 @@
 //! flags on top (applied by the CLI). Every key is listed in
 //! deploy/config.example.toml and docs/OPERATIONS.md.
 
+use crate::db::{DbLocation, PasswordSource};
 use crate::seal::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::snapshot::ScopeConfig;
 use serde::{Deserialize, Serialize};
@@ -83,10 +84,12 @@ impl ConfigError {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
-    /// The case database (SQLite), opened read-only.
-    pub case_db: PathBuf,
-    /// The custody trail (SQLite, WAL), written by the server.
-    pub audit_db: PathBuf,
+    /// The case database: a SQLite file (opened read-only) or a
+    /// `postgres://` URL (read in read-only transactions).
+    pub case_db: DbLocation,
+    /// The custody trail: a SQLite file (WAL) written by this server, or a
+    /// `postgres://` URL of a trail shared by several replicas.
+    pub audit_db: DbLocation,
     /// Plaintext bytes per sealed chunk.
     pub chunk_size: usize,
     /// Largest snapshot one export may build, in bytes.
@@ -146,6 +149,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Audit checkpoints.
     pub audit: AuditConfig,
+    /// Connections to PostgreSQL, for `case_db` or `audit_db` URLs.
+    pub postgres: PostgresConfig,
     /// Who may call, and with which roles.
     pub principals: Vec<PrincipalConfig>,
     /// A TOML file of further `[[principals]]` (e.g. a mounted secret).
@@ -215,6 +220,74 @@ impl Default for AuditConfig {
     }
 }
 
+/// Connections to PostgreSQL (used only where `case_db` or `audit_db` is
+/// a `postgres://` URL). Passwords never come from this file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Schema whose tables and foreign keys make up the cases.
+    pub schema: String,
+    /// Connections to the case database at most (a pool).
+    pub pool_size: usize,
+    /// Seconds to wait for a connection to open.
+    pub connect_timeout_secs: u64,
+    /// Longest one statement of an export may run, in seconds; over it
+    /// the export fails UNAVAILABLE.
+    pub statement_timeout_secs: u64,
+    /// File holding the case database's password; else the environment
+    /// variable `CASE_EXPORT_CASE_DB_PASSWORD`, else none.
+    pub case_db_password_file: Option<PathBuf>,
+    /// File holding the trail database's password; else the environment
+    /// variable `CASE_EXPORT_AUDIT_DB_PASSWORD`, else none.
+    pub audit_db_password_file: Option<PathBuf>,
+}
+
+/// Environment variable read for the case database's password.
+pub const CASE_DB_PASSWORD_ENV: &str = "CASE_EXPORT_CASE_DB_PASSWORD";
+/// Environment variable read for the trail database's password.
+pub const AUDIT_DB_PASSWORD_ENV: &str = "CASE_EXPORT_AUDIT_DB_PASSWORD";
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            pool_size: 8,
+            connect_timeout_secs: 5,
+            statement_timeout_secs: 300,
+            case_db_password_file: None,
+            audit_db_password_file: None,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Where the case database's password comes from.
+    pub fn case_password(&self) -> PasswordSource<'_> {
+        PasswordSource {
+            file: self.case_db_password_file.as_deref(),
+            env: CASE_DB_PASSWORD_ENV,
+        }
+    }
+
+    /// Where the trail database's password comes from.
+    pub fn audit_password(&self) -> PasswordSource<'_> {
+        PasswordSource {
+            file: self.audit_db_password_file.as_deref(),
+            env: AUDIT_DB_PASSWORD_ENV,
+        }
+    }
+
+    /// Time allowed to open a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Time allowed to one statement of an export.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.statement_timeout_secs)
+    }
+}
+
 /// A role a principal can hold.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -261,8 +334,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
-            case_db: PathBuf::from("data/cases.db"),
-            audit_db: PathBuf::from("data/audit.db"),
+            case_db: DbLocation::Sqlite(PathBuf::from("data/cases.db")),
+            audit_db: DbLocation::Sqlite(PathBuf::from("data/audit.db")),
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_snapshot_bytes: 1 << 30,
             max_in_flight: 8,
@@ -287,6 +360,7 @@ impl Default for Config {
             instance_id: String::new(),
             tls: None,
             audit: AuditConfig::default(),
+            postgres: PostgresConfig::default(),
             principals: Vec::new(),
             principals_file: None,
         }
@@ -524,7 +598,42 @@ impl Config {
         self.validate_limits()?;
         self.validate_principals()?;
         self.validate_audit()?;
+        self.validate_postgres()?;
         self.validate_listen()
+    }
+
+    /// The PostgreSQL connection settings.
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
+        let pg = &self.postgres;
+        if pg.schema.is_empty() || pg.schema.len() > 63 {
+            return v(
+                "postgres.schema",
+                "must be a schema name of 1 to 63 bytes".into(),
+            );
+        }
+        if !(1..=256).contains(&pg.pool_size) {
+            return v("postgres.pool_size", "must be between 1 and 256".into());
+        }
+        if !(1..=300).contains(&pg.connect_timeout_secs) {
+            return v(
+                "postgres.connect_timeout_secs",
+                "must be between 1 and 300".into(),
+            );
+        }
+        if !(1..=86_400).contains(&pg.statement_timeout_secs) {
+            return v(
+                "postgres.statement_timeout_secs",
+                "must be between 1 and 86400".into(),
+            );
+        }
+        Ok(())
     }
 
     /// Sizes, counts and times.

@@ -30,6 +30,7 @@ use crate::audit::{
 use crate::metrics::Metrics;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
+use crate::snapshot::{CaseSource, PgSourceOptions};
 use audit_svc::AuditSvc;
 use auth::{AuthInterceptor, Authenticator};
 use export::ExportSvc;
@@ -131,6 +132,7 @@ impl Prepared {
             + usize::from(config.health_listen.is_some())
             + usize::from(config.metrics_listen.is_some());
         conn::ensure_fd_limit(config.max_connections, listeners);
+        let source = open_source(&config)?;
         let metrics = Metrics::new();
         let writer = open_trail(&config, metrics.clone())?;
         let audit = writer.handle();
@@ -144,6 +146,7 @@ impl Prepared {
             budget: budget::MemoryBudget::new(config.memory_budget_bytes),
             principal_slots: slots::PrincipalSlots::new(&config),
             metrics,
+            source,
         });
         if config.principals.is_empty() {
             warn!(
@@ -269,7 +272,11 @@ impl Prepared {
         let config = &self.state.config;
         tonic::service::interceptor::InterceptedService::new(
             AuditServiceServer::new(AuditSvc {
-                audit_db: config.audit_db.clone(),
+                audit_db: config
+                    .audit_db
+                    .sqlite_path()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default(),
                 principals: Arc::new(config.principals.clone()),
                 max_events: config.audit_list_max_events,
                 send_timeout: config.send_timeout(),
@@ -339,6 +346,25 @@ impl Prepared {
     }
 }
 
+/// The case database; for PostgreSQL, a pool that connects when needed
+/// (an unreachable server shows in health, not as a failed start).
+fn open_source(config: &Config) -> Result<CaseSource, ServeError> {
+    let pg = &config.postgres;
+    CaseSource::open(
+        &config.case_db,
+        |url| {
+            let password = pg.case_password().resolve()?;
+            url.connector(password, pg.connect_timeout(), "case-export")
+        },
+        pg.pool_size,
+        PgSourceOptions {
+            schema: pg.schema.clone(),
+            statement_timeout: pg.statement_timeout(),
+        },
+    )
+    .map_err(|e| ServeError::Setup(format!("case_db: {e}")))
+}
+
 /// Opens the custody trail, with its checkpoint settings.
 fn open_trail(config: &Config, metrics: Arc<Metrics>) -> Result<AuditWriter, ServeError> {
     let signer = config
@@ -348,8 +374,13 @@ fn open_trail(config: &Config, metrics: Arc<Metrics>) -> Result<AuditWriter, Ser
         .map(CheckpointSigner::from_file)
         .transpose()
         .map_err(AuditError::from)?;
+    let Some(audit_db) = config.audit_db.sqlite_path() else {
+        return Err(ServeError::Setup(
+            "audit_db: a PostgreSQL trail is not supported by this build".into(),
+        ));
+    };
     Ok(AuditWriter::start(
-        &config.audit_db,
+        audit_db,
         &instance_id(config),
         WriterConfig {
             every: Duration::from_secs(config.audit.checkpoint_interval_secs),
@@ -378,7 +409,7 @@ async fn record_start(
         Ok(_) | Err(AuditError::Mismatch(_)) => Ok(()),
         Err(e) => Err(ServeError::Setup(format!(
             "cannot write to the audit database {}: {e}",
-            config.audit_db.display()
+            config.audit_db
         ))),
     }
 }
@@ -427,7 +458,7 @@ async fn until_backstop(
 async fn health_monitor(state: Arc<ServerState>, reporter: HealthReporter) {
     let mut last = None;
     loop {
-        let source_ok = source_readable(state.config.case_db.clone()).await;
+        let source_ok = state.source.readable().await;
         let audit_ok = state.audit.is_healthy();
         let draining = state.is_draining();
         let serving = source_ok && audit_ok && !draining;
@@ -449,22 +480,4 @@ async fn health_monitor(state: Arc<ServerState>, reporter: HealthReporter) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Whether the case database opens and its schema reads.
-async fn source_readable(path: std::path::PathBuf) -> bool {
-    tokio::task::spawn_blocking(move || {
-        rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .and_then(|c| {
-            c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .is_ok()
-    })
-    .await
-    .unwrap_or(false)
 }

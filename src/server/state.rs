@@ -7,6 +7,7 @@ use super::config::Config;
 use super::slots::PrincipalSlots;
 use crate::audit::AuditHandle;
 use crate::metrics::Metrics;
+use crate::snapshot::CaseSource;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, watch};
 
@@ -57,6 +58,8 @@ pub(crate) struct ServerState {
     pub principal_slots: PrincipalSlots,
     /// This server's own metrics.
     pub metrics: Arc<Metrics>,
+    /// The case database exports read.
+    pub source: CaseSource,
 }
 
 impl ServerState {

@@ -12,8 +12,6 @@ use std::time::Duration;
 /// Everything that decides one snapshot.
 #[derive(Debug, Clone)]
 pub struct SnapshotRequest<'a> {
-    /// The case database (opened read-only).
-    pub source: &'a Path,
     /// Value of the root key column.
     pub case_id: &'a str,
     /// Root table, key column and exclusions.
@@ -57,6 +55,12 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// The in-memory database being built (for the other sources' builders).
+    #[allow(dead_code)]
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Size of the serialized SQLite file in bytes.
     pub fn len(&self) -> u64 {
         self.size
@@ -149,11 +153,12 @@ fn schema_fingerprint(conn: &Connection) -> rusqlite::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Takes the snapshot of one case. Blocking: run it off the async workers.
-pub fn build_snapshot(req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
-    check_source_file(req.source)?;
+/// Takes the snapshot of one case from the SQLite database `source`
+/// (opened read-only). Blocking: run it off the async workers.
+pub fn build_snapshot(source: &Path, req: &SnapshotRequest<'_>) -> Result<Snapshot, SnapshotError> {
+    check_source_file(source)?;
     let mut snap = Snapshot::in_memory(req.max_bytes, req.busy_timeout)?;
-    attach_source(&snap.conn, req)?;
+    attach_source(&snap.conn, source, req)?;
     let copied = copy_case(&snap.conn, req)?;
     snap.finish(req, copied)?;
     Ok(snap)
@@ -180,8 +185,12 @@ fn too_large(req: &SnapshotRequest<'_>) -> impl Fn(rusqlite::Error) -> SnapshotE
 }
 
 /// Attaches the source read-only as `src`, with its page cache.
-fn attach_source(conn: &Connection, req: &SnapshotRequest<'_>) -> Result<(), SnapshotError> {
-    conn.execute("ATTACH DATABASE ?1 AS src", [read_only_uri(req.source)])
+fn attach_source(
+    conn: &Connection,
+    source: &Path,
+    req: &SnapshotRequest<'_>,
+) -> Result<(), SnapshotError> {
+    conn.execute("ATTACH DATABASE ?1 AS src", [read_only_uri(source)])
         .map_err(|e| SnapshotError::from_source(e, req.busy_timeout))?;
     // A larger cache for the source: the copy probes its foreign-key
     // indexes all over the file. (No memory map: an I/O error on a mapped
@@ -194,11 +203,11 @@ fn attach_source(conn: &Connection, req: &SnapshotRequest<'_>) -> Result<(), Sna
 }
 
 /// What the read transaction leaves for the rest of the build.
-struct Copied {
-    fingerprint: String,
-    graph: ScopeGraph,
-    index_sql: Vec<String>,
-    tenant: Option<String>,
+pub(super) struct Copied {
+    pub fingerprint: String,
+    pub graph: ScopeGraph,
+    pub index_sql: Vec<String>,
+    pub tenant: Option<String>,
 }
 
 /// A read transaction on the attached source, rolled back unless committed.
@@ -292,7 +301,7 @@ fn schema_of(
 
 impl Snapshot {
     /// A private in-memory (memdb) database capped at `max_bytes`.
-    fn in_memory(max_bytes: u64, busy: Duration) -> Result<Self, SnapshotError> {
+    pub(super) fn in_memory(max_bytes: u64, busy: Duration) -> Result<Self, SnapshotError> {
         let internal = SnapshotError::Internal;
         // A memdb name without a leading '/' is private to this connection.
         let conn = Connection::open_with_flags(
@@ -328,7 +337,11 @@ impl Snapshot {
 
     /// After the copy: indexes (built once, on the copied rows), row
     /// counts, the manifest, and the size.
-    fn finish(&mut self, req: &SnapshotRequest<'_>, c: Copied) -> Result<(), SnapshotError> {
+    pub(super) fn finish(
+        &mut self,
+        req: &SnapshotRequest<'_>,
+        c: Copied,
+    ) -> Result<(), SnapshotError> {
         let too_large = too_large(req);
         let internal = SnapshotError::Internal;
         for sql in &c.index_sql {

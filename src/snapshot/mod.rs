@@ -2,11 +2,15 @@
 //! (docs/SNAPSHOT.md). Nothing here touches keys; nothing here writes to disk.
 
 mod build;
+mod pg;
 mod scope;
+mod source;
 mod view;
 
 pub use build::{Snapshot, SnapshotRequest, build_snapshot};
+pub use pg::{PgSource, PgSourceOptions};
 pub use scope::ScopeConfig;
+pub use source::{CaseRequest, CaseSource};
 pub use view::{Manifest, SnapshotView, ViewError};
 
 use std::time::Duration;

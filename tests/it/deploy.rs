@@ -2,6 +2,7 @@
 //! names, config keys and paths. The systemd unit is also checked with
 //! `systemd-analyze verify` where it is installed.
 
+use case_export::db::{DbLocation, PgTls};
 use case_export::pb::export_service_server::ExportServiceServer;
 use case_export::server::Config;
 use std::collections::BTreeSet;
@@ -83,7 +84,13 @@ fn dockerfile_exposes_the_configured_ports_and_volumes() {
         .expect("default port");
     assert_eq!(grpc, default_port);
     for db in [&c.case_db, &c.audit_db] {
-        let dir = db.parent().expect("db dir").display().to_string();
+        let dir = db
+            .sqlite_path()
+            .unwrap()
+            .parent()
+            .expect("db dir")
+            .display()
+            .to_string();
         assert!(
             d.contains(&format!("\"{dir}\"")),
             "Dockerfile VOLUME lacks {dir}"
@@ -120,8 +127,8 @@ fn statefulset_ports_probes_and_mounts_match_the_config() {
         .map(str::to_owned)
         .collect();
     for needed in [
-        c.case_db.parent().unwrap(),
-        c.audit_db.parent().unwrap(),
+        c.case_db.sqlite_path().unwrap().parent().unwrap(),
+        c.audit_db.sqlite_path().unwrap().parent().unwrap(),
         c.principals_file.as_ref().unwrap().parent().unwrap(),
     ] {
         let needed = needed.display().to_string();
@@ -146,6 +153,69 @@ fn statefulset_ports_probes_and_mounts_match_the_config() {
         grace > c.shutdown_grace_secs,
         "pods must outlive the export grace period"
     );
+}
+
+/// The replicated deployment (deploy/k8s/replicas): PostgreSQL for cases and
+/// trail, so no volume of its own; the same ports, probes and hardening as
+/// the StatefulSet, and a secret with every file its config reads.
+#[test]
+fn replicated_deployment_matches_its_config() {
+    let cm = yaml_block(&read("deploy/k8s/replicas/configmap.yaml"), "config.toml");
+    let c = Config::from_toml(&cm, Path::new("configmap")).expect("replicas config parses");
+    assert!(matches!(c.case_db, DbLocation::Postgres(_)), "case_db");
+    assert!(matches!(c.audit_db, DbLocation::Postgres(_)), "audit_db");
+    for db in [&c.case_db, &c.audit_db] {
+        let DbLocation::Postgres(url) = db else {
+            unreachable!()
+        };
+        assert!(
+            matches!(url.tls(), PgTls::VerifyFull { .. }),
+            "{db} must verify the server"
+        );
+    }
+    let d = read("deploy/k8s/replicas/deployment.yaml");
+    assert!(d.contains("kind: Deployment"));
+    assert!(!d.contains("volumeClaimTemplates") && !d.contains("persistentVolumeClaim"));
+    let (grpc, health, metrics) = ports(&c);
+    assert_eq!(ports(&container_config()), (grpc, health, metrics));
+    assert_eq!(
+        yaml_numbers(&d, "containerPort"),
+        BTreeSet::from([grpc, health, metrics])
+    );
+    assert_eq!(yaml_numbers(&d, "port"), BTreeSet::from([health]));
+    for hardening in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "CASE_EXPORT_INSTANCE_ID",
+    ] {
+        assert!(d.contains(hardening), "Deployment lacks {hardening}");
+    }
+    let secret = read("deploy/k8s/replicas/secret.yaml");
+    let tls = c.tls.as_ref().expect("tls configured");
+    let mut files = vec![
+        c.principals_file.clone().unwrap(),
+        tls.cert.clone(),
+        tls.key.clone(),
+        tls.client_ca.clone().unwrap(),
+        c.audit.checkpoint_key_file.clone().unwrap(),
+        c.postgres.case_db_password_file.clone().unwrap(),
+        c.postgres.audit_db_password_file.clone().unwrap(),
+    ];
+    if let DbLocation::Postgres(url) = &c.case_db
+        && let PgTls::VerifyFull { root_cert } = url.tls()
+    {
+        files.push(root_cert.clone());
+    }
+    for p in files {
+        assert!(p.starts_with("/etc/case-export/secret"), "{}", p.display());
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(
+            secret.contains(&format!("  {name}:")),
+            "replicas/secret.yaml has no key {name}"
+        );
+    }
 }
 
 #[test]

@@ -144,7 +144,7 @@ async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() 
         with_metrics(c);
     })
     .await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
     let case_id = server.case_ids[0].clone();
     let cancelled_before = cancelled_count(&server).await;
 
@@ -434,7 +434,7 @@ async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
     std::fs::rename(&aside, &db).expect("restore the database");
     wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
     good_export_eventually(&server.url, &case_id).await;
-    assert_trail_intact(&server.config.audit_db).await;
+    assert_trail_intact(&server.audit_db()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -564,7 +564,7 @@ async fn shutdown_with_ten_exports_in_flight_ends_each_on_record() {
         c.shutdown_grace_secs = 1;
     })
     .await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
     let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(10);
     let mut readers = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -763,7 +763,7 @@ async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is
     }
     wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
     good_export_eventually(&server.url, &server.case_ids[0]).await;
-    assert_trail_intact(&server.config.audit_db).await;
+    assert_trail_intact(&server.audit_db()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -815,7 +815,7 @@ async fn second_export_over_the_budget_is_refused_after_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_export_over_the_budget_waits_and_runs_when_the_first_ends() {
     let server = start_server_with(&big_seed(), |c| one_export_budget(c, 20_000)).await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
     let mut raw = raw_client_small_window(&server.url).await;
     let mut held = raw
         .export_case(authed(request(&server.case_ids[0], PURPOSE)))
@@ -1142,7 +1142,7 @@ async fn stuck_reader_is_ended_by_the_send_timeout_and_gives_back_slot_and_memor
         with_metrics(c);
     })
     .await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
     let stuck_case = server.case_ids[0].clone();
     let (raw, mut stuck) = unread_export(&server.url, authed(request(&stuck_case, PURPOSE))).await;
 
@@ -1188,7 +1188,7 @@ async fn export_deadline_and_a_shorter_grpc_timeout_end_a_stalled_export() {
         with_metrics(c);
     })
     .await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
 
     // The caller asks for less than the server allows: its deadline wins.
     let mut req = authed(request(&server.case_ids[0], PURPOSE));
@@ -1548,7 +1548,7 @@ async fn exports_whose_snapshot_outlasts_the_grace_period_end_unavailable() {
     config.busy_timeout_ms = 60_000;
     config.shutdown_grace_secs = 1;
     let mut server = spawn_server(config, db.dir, db.case_ids).await;
-    let audit_db = server.config.audit_db.clone();
+    let audit_db = server.audit_db().to_path_buf();
     let ids = server.case_ids.clone();
 
     // A witness of the grace period's end: an export whose client never

@@ -190,17 +190,19 @@ fn build_with(
     scope: &ScopeConfig,
     max_bytes: u64,
 ) -> Result<Snapshot, SnapshotError> {
-    build_snapshot(&SnapshotRequest {
+    build_snapshot(
         source,
-        case_id,
-        scope,
-        export_id: EXPORT_ID,
-        created_at: CREATED_AT,
-        max_bytes,
-        busy_timeout: Duration::from_millis(200),
-        tenant_column: None,
-        allowed_tenants: None,
-    })
+        &SnapshotRequest {
+            case_id,
+            scope,
+            export_id: EXPORT_ID,
+            created_at: CREATED_AT,
+            max_bytes,
+            busy_timeout: Duration::from_millis(200),
+            tenant_column: None,
+            allowed_tenants: None,
+        },
+    )
 }
 
 #[track_caller]
@@ -652,17 +654,19 @@ fn unknown_tenant_column_is_a_schema_error_not_a_string() {
     let fx = fixture(false);
     let tenants = vec!["title".to_string(), "no_such_column".to_string()];
     let scope = scope();
-    let r = build_snapshot(&SnapshotRequest {
-        source: &fx.path,
-        case_id: "A-1",
-        scope: &scope,
-        export_id: EXPORT_ID,
-        created_at: CREATED_AT,
-        max_bytes: 1 << 30,
-        busy_timeout: Duration::from_millis(200),
-        tenant_column: Some("no_such_column"),
-        allowed_tenants: Some(&tenants),
-    });
+    let r = build_snapshot(
+        &fx.path,
+        &SnapshotRequest {
+            case_id: "A-1",
+            scope: &scope,
+            export_id: EXPORT_ID,
+            created_at: CREATED_AT,
+            max_bytes: 1 << 30,
+            busy_timeout: Duration::from_millis(200),
+            tenant_column: Some("no_such_column"),
+            allowed_tenants: Some(&tenants),
+        },
+    );
     match r {
         Err(SnapshotError::Schema(m)) => assert!(m.contains("no_such_column"), "{m}"),
         other => panic!("expected a schema error, got {other:?}"),

@@ -14,6 +14,7 @@ mod audit;
 mod child;
 mod export;
 mod metrics;
+mod pg;
 mod poll;
 mod principals;
 mod process;
@@ -27,6 +28,8 @@ pub use audit::*;
 pub use child::*;
 pub use export::*;
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use pg::*;
 pub use poll::*;
 pub use principals::*;
 pub use process::*;

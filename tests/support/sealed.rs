@@ -30,17 +30,19 @@ pub struct Sealed {
 pub fn seal_case(db: &Path, case_id: &str, out: &Path) -> Sealed {
     let export_id = ExportId::random().expect("export id");
     let scope = ScopeConfig::default();
-    let mut snap = build_snapshot(&SnapshotRequest {
-        source: db,
-        case_id,
-        scope: &scope,
-        export_id,
-        created_at: "2025-01-02T03:04:05Z",
-        max_bytes: 1 << 30,
-        busy_timeout: Duration::from_secs(5),
-        tenant_column: None,
-        allowed_tenants: None,
-    })
+    let mut snap = build_snapshot(
+        db,
+        &SnapshotRequest {
+            case_id,
+            scope: &scope,
+            export_id,
+            created_at: "2025-01-02T03:04:05Z",
+            max_bytes: 1 << 30,
+            busy_timeout: Duration::from_secs(5),
+            tenant_column: None,
+            allowed_tenants: None,
+        },
+    )
     .expect("snapshot");
     let key = SecretKey::generate().expect("key");
     let file = std::fs::File::create(out).expect("create .enc");

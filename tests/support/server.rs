@@ -49,8 +49,8 @@ pub struct TestServer {
 pub fn test_config(case_db: PathBuf, dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
-        case_db,
-        audit_db: dir.join("audit.db"),
+        case_db: case_db.into(),
+        audit_db: dir.join("audit.db").into(),
         principals: principals(),
         ..Config::default()
     }
@@ -89,7 +89,7 @@ impl TestServer {
     /// begun (the start event is committed). The test keeps the directory.
     pub async fn start(config: Config) -> Self {
         let srv = Self::spawn(config, None, Vec::new()).await;
-        let db = srv.config.audit_db.clone();
+        let db = srv.audit_db().to_path_buf();
         eventually("the server_start event", DEADLINE, || async {
             trail_started(&db)
                 .then_some(())
@@ -127,18 +127,22 @@ impl TestServer {
 
     /// The case database the server reads.
     pub fn case_db(&self) -> &Path {
-        &self.config.case_db
+        self.config
+            .case_db
+            .sqlite_path()
+            .expect("a SQLite case database")
+    }
+
+    /// The SQLite trail the server writes.
+    pub fn audit_db(&self) -> &Path {
+        self.config.audit_db.sqlite_path().expect("a SQLite trail")
     }
 
     /// The directory of the seeded database and the trail.
     pub fn dir(&self) -> &Path {
         match &self.dir {
             Some(d) => d.path(),
-            None => self
-                .config
-                .audit_db
-                .parent()
-                .expect("audit_db in a directory"),
+            None => self.audit_db().parent().expect("audit_db in a directory"),
         }
     }
 
@@ -162,7 +166,7 @@ impl TestServer {
 
     /// Every stored event of the server's trail.
     pub fn events(&self) -> Vec<Ev> {
-        audit_trail(&self.config.audit_db)
+        audit_trail(self.audit_db())
     }
 
     /// The sequence number of the last stored event (0: none).
@@ -172,7 +176,7 @@ impl TestServer {
 
     /// Waits until `pred` holds for the trail and returns it.
     pub async fn wait_events(&self, what: &str, pred: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
-        wait_trail(&self.config.audit_db, what, pred).await
+        wait_trail(self.audit_db(), what, pred).await
     }
 
     /// Waits until every call on record has its terminal event (terminal

@@ -18,7 +18,7 @@ use crate::contract::{file_name_for, validate_case_id, validate_purpose};
 use crate::pb::export_service_server::ExportService;
 use crate::pb::{ExportCaseRequest, ExportHeader, TableRowCount};
 use crate::seal::{self, ExportId, FORMAT_VERSION};
-use crate::snapshot::{Snapshot, SnapshotRequest, build_snapshot};
+use crate::snapshot::{CaseRequest, Snapshot};
 use deadline::Deadline;
 use outbox::ExportStream;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ async fn admit(
 /// Room in the memory budget for the export's worst case, waiting up to
 /// `budget_wait_ms`.
 async fn reserve(st: &ServerState) -> Result<(Reservation, u64), ExportError> {
-    let need = ExportNeed::estimate(&st.config).await;
+    let need = ExportNeed::estimate(&st.config, &st.source).await;
     let reservation = st
         .budget
         .reserve(need.bytes, st.config.budget_wait())
@@ -147,7 +147,7 @@ async fn reserve(st: &ServerState) -> Result<(Reservation, u64), ExportError> {
     Ok((reservation, need.snapshot_limit))
 }
 
-/// The case's snapshot, built on a blocking thread; the reservation then
+/// The case's snapshot (a SQLite source's on a blocking thread); the reservation then
 /// shrinks to what it really holds. The case's tenant goes with the call's
 /// custody record and end, so auditors limited to tenants see the exports
 /// of their tenants.
@@ -156,32 +156,27 @@ async fn build(
     call: &Admitted,
     (mut reservation, snapshot_limit): (Reservation, u64),
 ) -> Result<(Snapshot, Reservation), ExportError> {
-    let cfg = st.config.clone();
-    let case_id = call.case_id.clone();
-    let export_id = call.export_id;
-    let tenants = call.principal.as_ref().and_then(|p| p.tenants.clone());
-    let created_at = call.created_at.clone();
-    let snapshot = tokio::task::spawn_blocking(move || {
-        build_snapshot(&SnapshotRequest {
-            tenant_column: Some(cfg.tenant_column.as_str()),
-            allowed_tenants: tenants.as_deref(),
-            source: &cfg.case_db,
-            case_id: &case_id,
-            scope: &cfg.scope,
-            export_id,
-            created_at: &created_at,
-            max_bytes: snapshot_limit,
-            busy_timeout: cfg.busy_timeout(),
-        })
-    })
-    .instrument(call.span.clone())
-    .await
-    .map_err(|_| ExportError::Internal(call.eid.clone()))?
-    .map_err(|e| {
-        let e = ExportError::from_snapshot(e, &call.eid);
-        warn!(parent: &call.span, code = ?e.code(), error = %e, "export refused");
-        e
-    })?;
+    let cfg = &st.config;
+    let request = CaseRequest {
+        tenant_column: Some(cfg.tenant_column.clone()),
+        allowed_tenants: call.principal.as_ref().and_then(|p| p.tenants.clone()),
+        case_id: call.case_id.clone(),
+        scope: cfg.scope.clone(),
+        export_id: call.export_id,
+        created_at: call.created_at.clone(),
+        max_bytes: snapshot_limit,
+        busy_timeout: cfg.busy_timeout(),
+    };
+    let snapshot = st
+        .source
+        .build(request)
+        .instrument(call.span.clone())
+        .await
+        .map_err(|e| {
+            let e = ExportError::from_snapshot(e, &call.eid);
+            warn!(parent: &call.span, code = ?e.code(), error = %e, "export refused");
+            e
+        })?;
     if let Some(t) = &snapshot.tenant {
         call.ctx.note(|i| {
             i.detail.insert("tenant".into(), t.clone().into());
