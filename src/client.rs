@@ -6,6 +6,7 @@ use crate::contract::{ON_BEHALF_OF, file_name_for};
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::export_service_client::ExportServiceClient;
 use crate::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey};
+use crate::receipt::SignedReceipt;
 use crate::seal::{CHUNK_HEADER_LEN, MAX_CHUNK_SIZE, SecretKey, token_len};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -158,8 +159,25 @@ pub struct Receipt {
     pub plaintext_size: u64,
     /// Rows per table as announced by the server.
     pub row_counts: Vec<(String, u64)>,
-    /// The key, once.
-    pub key: SecretKey,
+    /// The key, once, when the server sent it raw (no recipients).
+    pub key: Option<SecretKey>,
+    /// The key sealed to the recipients, when they were given.
+    pub wrapped_key: Option<WrappedKey>,
+    /// The server's signed receipt (docs/RECEIPT.md), if it signs them.
+    pub signed_receipt: Option<SignedReceipt>,
+    /// Where `export_to_dir` wrote the receipt.
+    pub receipt_path: Option<PathBuf>,
+}
+
+/// The export's key sealed as an age file to public keys.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    /// The binary age file; its plaintext is the Fernet key.
+    pub age_file: Vec<u8>,
+    /// The public keys it is sealed to.
+    pub sealed_to: Vec<String>,
+    /// Where `export_to_dir` wrote it (`case_offline_<case id>.key.age`).
+    pub path: Option<PathBuf>,
 }
 
 /// Progress reported while streaming.
@@ -187,6 +205,9 @@ pub struct ClientOptions {
     /// Allow an `http://` URL whose host is not loopback. Off by default:
     /// the token and the key would cross the network unencrypted.
     pub allow_plaintext: bool,
+    /// Public keys (age `age1...` or SSH) to seal the export's key to; the
+    /// server then never sends the key raw.
+    pub recipients: Vec<String>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -197,6 +218,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("tls", &self.ca_pem.is_some())
             .field("client_cert", &self.identity_pem.is_some())
             .field("allow_plaintext", &self.allow_plaintext)
+            .field("recipients", &self.recipients)
             .finish()
     }
 }
@@ -207,6 +229,7 @@ pub struct ExportClient {
     inner: ExportServiceClient<Channel>,
     token: Option<Zeroizing<String>>,
     on_behalf_of: Option<String>,
+    recipients: Vec<String>,
 }
 
 impl ExportClient {
@@ -253,6 +276,7 @@ impl ExportClient {
         let mut c = Self::from_channel(channel);
         c.token = opts.token;
         c.on_behalf_of = opts.on_behalf_of;
+        c.recipients = opts.recipients;
         Ok(c)
     }
 
@@ -264,6 +288,7 @@ impl ExportClient {
             inner: ExportServiceClient::new(channel).max_decoding_message_size(limit),
             token: None,
             on_behalf_of: None,
+            recipients: Vec::new(),
         }
     }
 
@@ -308,6 +333,7 @@ impl ExportClient {
         let req = ExportCaseRequest {
             case_id: case_id.to_string(),
             purpose: purpose.to_string(),
+            recipients: self.recipients.clone(),
         };
         let req = self.request(req)?;
         let mut stream = self.inner.export_case(req).await?.into_inner();
@@ -349,15 +375,19 @@ impl ExportClient {
         progress: impl FnMut(&ExportHeader, Progress),
     ) -> Result<Receipt, ClientError> {
         // Refuse before the server does the work and releases a key.
-        let expected = dir.join(file_name_for(case_id));
-        if safe_file_name(&file_name_for(case_id)).is_some() && expected.exists() {
-            return Err(ClientError::Io(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} already exists: move it or choose another directory",
-                    expected.display()
-                ),
-            )));
+        if safe_file_name(&file_name_for(case_id)).is_some() {
+            for name in side_files(&file_name_for(case_id)) {
+                let expected = dir.join(name);
+                if expected.exists() {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} already exists: move it or choose another directory",
+                            expected.display()
+                        ),
+                    )));
+                }
+            }
         }
         // No file is created before the header has been checked.
         let (header, stream) = self.start(case_id, purpose).await?;
@@ -383,12 +413,52 @@ impl ExportClient {
                 format!("cannot create {}: {}", dest.display(), e.error),
             ))
         })?;
+        let [_, key_name, receipt_name] = side_files(name);
+        if let Some(w) = receipt.wrapped_key.as_mut() {
+            let p = dir.join(key_name);
+            write_new_private(&p, &w.age_file)?;
+            w.path = Some(p);
+        }
+        if let Some(r) = &receipt.signed_receipt {
+            let p = dir.join(receipt_name);
+            write_new_private(&p, r.to_json().as_bytes())?;
+            receipt.receipt_path = Some(p);
+        }
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         receipt.path = Some(dest);
         Ok(receipt)
     }
+}
+
+/// The `.enc` file's name, and its wrapped key's and receipt's beside it.
+fn side_files(enc_name: &str) -> [String; 3] {
+    let stem = enc_name.strip_suffix(".enc").unwrap_or(enc_name);
+    [
+        enc_name.to_owned(),
+        format!("{stem}.key.age"),
+        format!("{stem}.receipt.json"),
+    ]
+}
+
+/// Creates `path` (never replacing a file) with mode 0600 and `bytes`.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| {
+        ClientError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", path.display()),
+        ))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)
 }
 
 /// Reads chunks into `out` and the key after them, checking order, counts
@@ -452,7 +522,20 @@ async fn receive<W: AsyncWrite + Unpin>(
     if digest != key.ciphertext_sha256 || bytes != key.ciphertext_size {
         return Err(proto("the received bytes do not match the server's digest"));
     }
-    let secret = secret.ok_or_else(|| proto("the key message does not hold a Fernet key"))?;
+    let wrapped_key = (!key.wrapped_key.is_empty()).then(|| WrappedKey {
+        age_file: key.wrapped_key.clone(),
+        sealed_to: key.sealed_to.clone(),
+        path: None,
+    });
+    if secret.is_none() && wrapped_key.is_none() {
+        return Err(proto(
+            "the key message holds neither a Fernet key nor a wrapped key",
+        ));
+    }
+    let signed_receipt = match key.receipt.as_str() {
+        "" => None,
+        text => Some(check_receipt(text, &header, &digest, bytes)?),
+    };
     Ok(Receipt {
         export_id: header.export_id.clone(),
         case_id: header.case_id.clone(),
@@ -468,7 +551,34 @@ async fn receive<W: AsyncWrite + Unpin>(
             .map(|r| (r.table.clone(), r.rows))
             .collect(),
         key: secret,
+        wrapped_key,
+        signed_receipt,
+        receipt_path: None,
     })
+}
+
+/// The receipt must describe what was received. Its signature is checked
+/// by whoever holds the server's public key (`case-export verify`).
+fn check_receipt(
+    text: &str,
+    header: &ExportHeader,
+    digest: &str,
+    bytes: u64,
+) -> Result<SignedReceipt, ClientError> {
+    let r = SignedReceipt::from_json(text.as_bytes())
+        .map_err(|e| ClientError::Protocol(format!("the server's receipt: {e}")))?;
+    let b = &r.receipt;
+    if b.export_id != header.export_id
+        || b.case_id != header.case_id
+        || b.ciphertext_sha256 != digest
+        || b.ciphertext_size != bytes
+        || b.chunk_count != header.chunk_count
+    {
+        return Err(ClientError::Protocol(
+            "the server's receipt describes another export".into(),
+        ));
+    }
+    Ok(r)
 }
 
 /// Parses the key message's text and wipes it whatever the outcome, so the

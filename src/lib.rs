@@ -8,7 +8,9 @@
 
 pub mod client;
 pub mod contract;
+pub mod keywrap;
 pub mod pb;
+pub mod receipt;
 pub mod seal;
 
 #[cfg(feature = "server")]

@@ -17,6 +17,12 @@ impl std::fmt::Debug for ExportKey {
             .field("chunk_count", &self.chunk_count)
             .field("ciphertext_size", &self.ciphertext_size)
             .field("warning", &self.warning)
+            .field(
+                "wrapped_key",
+                &format_args!("{} bytes", self.wrapped_key.len()),
+            )
+            .field("sealed_to", &self.sealed_to)
+            .field("receipt", &format_args!("{} bytes", self.receipt.len()))
             .finish()
     }
 }

@@ -42,7 +42,7 @@ impl CheckpointSigner {
     pub fn generate_hex() -> Result<Zeroizing<String>, getrandom::Error> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::getrandom(seed.as_mut())?;
-        Ok(Zeroizing::new(hex::encode(seed.as_ref())))
+        Ok(Zeroizing::new(hex::encode(&seed[..])))
     }
 
     /// The public key, hex.

@@ -101,6 +101,7 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
             roles: vec![Role::Exporter, Role::Auditor],
             tenants: None,
             max_in_flight: None,
+            require_recipients: None,
         }],
         ..Config::default()
     };

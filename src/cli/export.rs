@@ -53,6 +53,51 @@ pub struct ExportArgs {
     /// key then cross the network unencrypted (use behind a service mesh).
     #[arg(long)]
     pub allow_plaintext: bool,
+    /// Seal the key to this public key (age `age1...` or SSH `ssh-ed25519
+    /// ...`); repeatable. The key is then written only wrapped, as
+    /// `case_offline_<case id>.key.age` beside the `.enc` file.
+    #[arg(long = "recipient", conflicts_with = "key_out")]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line, `#` comments (age's format).
+    #[arg(long, conflicts_with = "key_out")]
+    pub recipients_file: Vec<PathBuf>,
+}
+
+/// Largest recipients file read.
+const RECIPIENTS_FILE_MAX: u64 = 1 << 20;
+
+/// The recipients of `--recipient` and `--recipients-file`, checked here
+/// first so a typo costs no server work.
+fn recipients(a: &ExportArgs) -> Result<Vec<String>, CliError> {
+    use std::io::Read;
+    let mut all = a.recipients.clone();
+    for p in &a.recipients_file {
+        let f = std::fs::File::open(p)
+            .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?;
+        let mut text = String::new();
+        f.take(RECIPIENTS_FILE_MAX)
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if case_export::keywrap::parse_recipient(all.len() + 1, line).is_err() {
+                return Err(CliError::new(format!(
+                    "{} line {}: not an age or SSH public key",
+                    p.display(),
+                    n + 1
+                )));
+            }
+            all.push(line.to_owned());
+        }
+    }
+    for (i, r) in all.iter().enumerate() {
+        case_export::keywrap::parse_recipient(i + 1, r)
+            .map_err(|e| CliError::new(e.to_string()))?;
+    }
+    Ok(all)
 }
 
 /// Environment variable holding the service token.
@@ -86,6 +131,7 @@ fn options(a: &ExportArgs) -> Result<ClientOptions, CliError> {
         identity_pem: identity,
         domain: a.tls_domain.clone(),
         allow_plaintext: a.allow_plaintext,
+        recipients: recipients(a)?,
     })
 }
 
@@ -134,7 +180,6 @@ pub fn run(a: ExportArgs) -> CliResult {
         r.map_err(|e| CliError::new(e.to_string()))
     })?;
     let path = receipt.path.clone().unwrap_or_default();
-    let key = receipt.key.expose_fernet_key();
     eprintln!(
         "exported case {} to {} ({} chunks, {} bytes, sha256 {})",
         receipt.case_id,
@@ -143,6 +188,23 @@ pub fn run(a: ExportArgs) -> CliResult {
         receipt.bytes,
         receipt.ciphertext_sha256
     );
+    if let Some(p) = &receipt.receipt_path {
+        eprintln!("signed receipt written to {}", p.display());
+    }
+    if let Some(w) = &receipt.wrapped_key {
+        eprintln!(
+            "key sealed to {} recipient(s), written to {}: open with `case-export open --identity FILE`",
+            w.sealed_to.len(),
+            w.path
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        );
+        return Ok(());
+    }
+    let Some(key) = receipt.key.as_ref().map(|k| k.expose_fernet_key()) else {
+        return Err(CliError::new("the server sent no key"));
+    };
     match &a.key_out {
         Some(kp) => {
             super::write_private(kp, &super::secret_line(&key))

@@ -8,6 +8,7 @@ mod open;
 mod seed;
 mod serve;
 mod token;
+mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::fmt;
@@ -53,6 +54,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Make service tokens and checkpoint keys.
     Token(token::TokenArgs),
+    /// Check an `.enc` file against its signed receipt, without the key.
+    Verify(verify::VerifyArgs),
 }
 
 /// An error for the user: one line, already saying what to do.
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::SeedDemo(a) => ok(seed::run(a)),
         Command::Audit(a) => audit::run(a),
         Command::Token(a) => ok(token::run(a)),
+        Command::Verify(a) => verify::run(a),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `open` and `view`: the offline viewer. Both verify every chunk before
 //! using a byte; `view` never writes plaintext to disk.
 
-use super::keyinput::read_key;
+use super::keyinput::{read_key, unwrap_key};
 use super::{CliError, CliResult, harden_process};
 use case_export::seal::{OpenError, open_reader};
 use case_export::snapshot::SnapshotView;
@@ -23,24 +23,42 @@ pub struct OpenArgs {
     /// Replace `--out` if it exists.
     #[arg(long)]
     pub force: bool,
-    /// File holding the key (else CASE_EXPORT_KEY, else a prompt).
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ViewArgs {
     /// The `.enc` file.
     pub file: PathBuf,
-    /// File holding the key (else CASE_EXPORT_KEY, else a prompt).
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
-fn decrypt(file: &Path, key_file: Option<&Path>) -> Result<case_export::seal::Opened, CliError> {
+/// Where the key comes from: a key file (else CASE_EXPORT_KEY, else a
+/// prompt), or the wrapped key opened with age identities.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// File holding the key (else CASE_EXPORT_KEY, else a prompt).
+    #[arg(long, conflicts_with = "identity")]
+    pub key_file: Option<PathBuf>,
+    /// An age identity file that opens the wrapped key (repeatable):
+    /// X25519, SSH, passphrase-protected or plugin identities.
+    #[arg(long)]
+    pub identity: Vec<PathBuf>,
+    /// The wrapped key; default: `<file without .enc>.key.age` beside it.
+    #[arg(long, requires = "identity")]
+    pub wrapped_key: Option<PathBuf>,
+}
+
+fn decrypt(file: &Path, k: &KeyArgs) -> Result<case_export::seal::Opened, CliError> {
     let f = std::fs::File::open(file)
         .map_err(|e| CliError::new(format!("cannot open {}: {e}", file.display())))?;
-    let key = read_key(key_file)?;
+    let key = if k.identity.is_empty() {
+        read_key(k.key_file.as_deref())?
+    } else {
+        unwrap_key(file, k.wrapped_key.as_deref(), &k.identity)?
+    };
     open_reader(BufReader::with_capacity(1 << 20, f), &key, VIEW_LIMIT).map_err(|e| match e {
         OpenError::Io(io) => CliError::new(format!("cannot read {}: {io}", file.display())),
         other => CliError::new(format!("{}: {other}", file.display())),
@@ -68,7 +86,7 @@ pub fn run_open(a: OpenArgs) -> CliResult {
             a.out.display()
         )));
     }
-    let opened = decrypt(&a.file, a.key_file.as_deref())?;
+    let opened = decrypt(&a.file, &a.key)?;
     let view = load_view(&opened.plaintext)?;
     let manifest = view.manifest().map_err(|e| CliError::new(e.to_string()))?;
     drop(view);
@@ -109,7 +127,7 @@ pub fn run_open(a: OpenArgs) -> CliResult {
 
 pub fn run_view(a: ViewArgs) -> CliResult {
     harden_process();
-    let opened = decrypt(&a.file, a.key_file.as_deref())?;
+    let opened = decrypt(&a.file, &a.key)?;
     let view = load_view(&opened.plaintext)?;
     let err = |e: case_export::snapshot::ViewError| CliError::new(e.to_string());
     let m = view.manifest().map_err(err)?;

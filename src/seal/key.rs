@@ -49,7 +49,7 @@ impl SecretKey {
     /// The key in its standard Fernet text form (44 characters).
     pub fn expose_fernet_key(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(44));
-        URL_SAFE.encode_string(self.bytes.as_ref(), &mut s);
+        URL_SAFE.encode_string(&self.bytes[..], &mut s);
         s
     }
 

@@ -390,6 +390,7 @@ mod tests {
             roles: vec![Role::Exporter],
             tenants: None,
             max_in_flight: None,
+            require_recipients: None,
         }
     }
 

@@ -155,6 +155,8 @@ pub struct Config {
     pub principals: Vec<PrincipalConfig>,
     /// A TOML file of further `[[principals]]` (e.g. a mounted secret).
     pub principals_file: Option<PathBuf>,
+    /// Keys sealed to the analyst's public keys, and signed receipts.
+    pub keys: KeysConfig,
 }
 
 /// The file named by `principals_file`.
@@ -288,6 +290,34 @@ impl PostgresConfig {
     }
 }
 
+/// How export keys leave the server, and what it signs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// When true, every export must name recipients: no caller gets a raw
+    /// key. A principal's own `require_recipients` overrides it.
+    pub require_recipients: bool,
+    /// Public keys (age X25519 or SSH) every wrapped key is also sealed to:
+    /// a break-glass or legal-hold key kept offline.
+    pub escrow_recipients: Vec<String>,
+    /// Most recipients one request may name.
+    pub max_recipients: usize,
+    /// Ed25519 seed (64 hex digits) that signs export receipts; unset: the
+    /// checkpoint key (`[audit] checkpoint_key_file`), else no receipts.
+    pub receipt_key_file: Option<PathBuf>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            require_recipients: false,
+            escrow_recipients: Vec::new(),
+            max_recipients: 16,
+            receipt_key_file: None,
+        }
+    }
+}
+
 /// A role a principal can hold.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -328,6 +358,10 @@ pub struct PrincipalConfig {
     /// `max_in_flight_per_principal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// Whether this principal's exports must name recipients; unset:
+    /// `[keys] require_recipients`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_recipients: Option<bool>,
 }
 
 impl Default for Config {
@@ -363,6 +397,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             principals: Vec::new(),
             principals_file: None,
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -599,7 +634,43 @@ impl Config {
         self.validate_principals()?;
         self.validate_audit()?;
         self.validate_postgres()?;
+        self.validate_keys()?;
         self.validate_listen()
+    }
+
+    /// Escrow recipients parse; the recipient cap is sane.
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let v = |key, message: String| {
+            Err(ConfigError::Value {
+                key,
+                message,
+                line: None,
+            })
+        };
+        if !(1..=64).contains(&self.keys.max_recipients) {
+            return v("keys.max_recipients", "must be between 1 and 64".into());
+        }
+        for (i, r) in self.keys.escrow_recipients.iter().enumerate() {
+            if let Err(e) = crate::keywrap::parse_recipient(i + 1, r) {
+                return v("keys.escrow_recipients", e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `principal`'s exports must name recipients.
+    pub fn requires_recipients(&self, principal: Option<&PrincipalConfig>) -> bool {
+        principal
+            .and_then(|p| p.require_recipients)
+            .unwrap_or(self.keys.require_recipients)
+    }
+
+    /// The file of the key that signs receipts, if any.
+    pub fn receipt_key_file(&self) -> Option<&Path> {
+        self.keys
+            .receipt_key_file
+            .as_deref()
+            .or(self.audit.checkpoint_key_file.as_deref())
     }
 
     /// The PostgreSQL connection settings.

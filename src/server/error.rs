@@ -39,6 +39,12 @@ pub enum ExportError {
     /// A bug or an unexpected fault; the details are only in the logs.
     #[error("internal error (export {0}); see server logs")]
     Internal(String),
+    /// The server's policy requires recipients for this caller.
+    #[error(
+        "this server sends keys to principal {0:?} only sealed to the analyst's public keys: \
+         name at least one recipient (age1... or an SSH public key)"
+    )]
+    RecipientsRequired(String),
 }
 
 impl ExportError {
@@ -56,6 +62,7 @@ impl ExportError {
                 Code::Unavailable
             }
             Self::Internal(_) => Code::Internal,
+            Self::RecipientsRequired(_) => Code::FailedPrecondition,
         }
     }
 }

@@ -86,6 +86,7 @@ mod tests {
             roles: vec![Role::Exporter],
             tenants: None,
             max_in_flight: cap,
+            require_recipients: None,
         }
     }
 

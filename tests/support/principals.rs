@@ -34,6 +34,7 @@ pub fn principal(name: &str, token: Option<&str>, roles: &[Role]) -> PrincipalCo
         roles: roles.to_vec(),
         tenants: None,
         max_in_flight: None,
+        require_recipients: None,
     }
 }
 

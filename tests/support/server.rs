@@ -261,6 +261,7 @@ pub fn request(case_id: &str, purpose: &str) -> ExportCaseRequest {
     ExportCaseRequest {
         case_id: case_id.to_string(),
         purpose: purpose.to_string(),
+        recipients: vec![],
     }
 }
 

@@ -166,3 +166,72 @@ pub fn grpcurl() -> PathBuf {
         ),
     }
 }
+
+/// The stock `age` tool (Debian's package `age`): `$AGE` if set, else
+/// `age` on `PATH`, else the package's binary fetched on first use with
+/// `apt-get download` and unpacked under the tools directory (nothing is
+/// installed system-wide; `apt-get update` runs first if the package lists
+/// are missing).
+pub fn age() -> PathBuf {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(p) = std::env::var_os("AGE").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(works(&p), "AGE={} does not run `--version`", p.display());
+        return p;
+    }
+    if let Some(p) = on_path("age").filter(|p| works(p)) {
+        return p;
+    }
+    let dir = tools_dir().join("age");
+    let bin = dir.join("root/usr/bin/age");
+    if works(&bin) {
+        return bin;
+    }
+    std::fs::create_dir_all(&dir).expect("create the age tools directory");
+    let lock = std::fs::File::create(dir.join("lock")).expect("create the age lock");
+    lock.lock().expect("lock the age tools directory");
+    if works(&bin) {
+        return bin;
+    }
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "-qq", "age"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let mut o = download().expect("run apt-get (the age tests need Debian's age package)");
+    if !o.status.success() {
+        let _ = run(Command::new("apt-get").args(["update", "-qq"]));
+        o = download().expect("run apt-get download age");
+    }
+    assert!(
+        o.status.success(),
+        "cannot fetch Debian's age package ({}): install `age` (apt-get install age) \
+         or set AGE=/path/to/age",
+        stderr_of(&o).trim()
+    );
+    let deb = std::fs::read_dir(&dir)
+        .expect("read the age tools directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("apt-get download left an age .deb");
+    let o = run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("root")));
+    assert!(o.status.success(), "dpkg-deb -x: {}", stderr_of(&o));
+    assert!(
+        works(&bin),
+        "the age package holds no working {}",
+        bin.display()
+    );
+    bin
+}

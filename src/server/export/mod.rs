@@ -56,6 +56,9 @@ impl ExportService for ExportSvc {
 /// `started`.
 pub(super) struct Admitted {
     ctx: CallContext,
+    /// Whom the key is sealed to: the request's recipients, then the
+    /// server's escrow ones; empty for a raw key.
+    recipients: Vec<String>,
     principal: Option<Principal>,
     case_id: String,
     deadline: Deadline,
@@ -95,6 +98,7 @@ async fn admit(
         i.case_id = Some(req.case_id.clone());
         i.purpose = Some(req.purpose.clone());
     });
+    let recipients = check_recipients(st, principal.as_ref(), &req.recipients)?;
     if st.is_draining() {
         return Err(ExportError::ShuttingDown);
     }
@@ -124,6 +128,7 @@ async fn admit(
     info!(parent: &span, purpose = %req.purpose, "export started");
     Ok(Admitted {
         ctx,
+        recipients,
         principal,
         case_id: req.case_id,
         deadline,
@@ -133,6 +138,39 @@ async fn admit(
         span,
         _slots: (permit, principal_slot),
     })
+}
+
+/// The recipients a key is sealed to, checked: within the cap, each one
+/// parses, and present where the server requires them. The server's escrow
+/// recipients follow the caller's.
+fn check_recipients(
+    st: &ServerState,
+    principal: Option<&Principal>,
+    asked: &[String],
+) -> Result<Vec<String>, ExportError> {
+    let keys = &st.config.keys;
+    if asked.len() > keys.max_recipients {
+        return Err(ExportError::InvalidArgument(format!(
+            "recipients: {} given, this server takes at most {}",
+            asked.len(),
+            keys.max_recipients
+        )));
+    }
+    for (i, r) in asked.iter().enumerate() {
+        crate::keywrap::parse_recipient(i + 1, r)
+            .map_err(|e| ExportError::InvalidArgument(format!("recipients: {e}")))?;
+    }
+    let name = principal.map_or("-", |p| p.name.as_str());
+    let configured = st.config.principals.iter().find(|p| p.name == name);
+    if asked.is_empty() && st.config.requires_recipients(configured) {
+        return Err(ExportError::RecipientsRequired(name.to_owned()));
+    }
+    if asked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut all: Vec<String> = asked.iter().map(|r| r.trim().to_owned()).collect();
+    all.extend(keys.escrow_recipients.iter().cloned());
+    Ok(all)
 }
 
 /// Room in the memory budget for the export's worst case, waiting up to

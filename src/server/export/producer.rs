@@ -92,11 +92,25 @@ fn produce(
     let key =
         SecretKey::generate().map_err(|_| End::Fail(ExportError::Internal(call.eid.clone())))?;
     let summary = seal_and_stream(st, out, call, &key, &mut snapshot)?;
-    let detail = custody_detail(&snapshot, &summary);
+    let wrapped = wrap_key(call, &key)?;
+    let detail = custody_detail(&snapshot, &summary, &call.recipients);
     // Free the plaintext before the key goes out.
     drop(snapshot);
     record_custody(st, out, call, detail)?;
-    release_key(out, &key, &summary)
+    release_key(out, &key, &summary, wrapped, &call.recipients)
+}
+
+/// The key sealed to the call's recipients, when it has any.
+fn wrap_key(call: &Admitted, key: &SecretKey) -> Result<Option<Vec<u8>>, End> {
+    if call.recipients.is_empty() {
+        return Ok(None);
+    }
+    crate::keywrap::wrap_key(&key.expose_fernet_key(), &call.recipients)
+        .map(Some)
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing the key to its recipients failed");
+            End::Fail(ExportError::Internal(call.eid.clone()))
+        })
 }
 
 /// Seals the snapshot chunk by chunk, each token sent as it is made.
@@ -132,7 +146,11 @@ fn seal_and_stream(
 }
 
 /// What the custody record says was sealed (docs/AUDIT.md, `sealed`).
-fn custody_detail(snapshot: &Snapshot, s: &SealSummary) -> serde_json::Value {
+fn custody_detail(
+    snapshot: &Snapshot,
+    s: &SealSummary,
+    recipients: &[String],
+) -> serde_json::Value {
     let row_counts: serde_json::Map<String, serde_json::Value> = snapshot
         .row_counts
         .iter()
@@ -146,6 +164,7 @@ fn custody_detail(snapshot: &Snapshot, s: &SealSummary) -> serde_json::Value {
         "ciphertext_size": s.ciphertext_size,
         "chunk_count": s.chunks,
         "format_version": FORMAT_VERSION,
+        "recipients": recipients,
     })
 }
 
@@ -179,14 +198,27 @@ fn record_custody(
     Ok(())
 }
 
-/// The key message, last.
-fn release_key(out: &mut Outbox, key: &SecretKey, summary: &SealSummary) -> Result<(), End> {
+/// The key message, last: the key raw, or only sealed to its recipients.
+fn release_key(
+    out: &mut Outbox,
+    key: &SecretKey,
+    summary: &SealSummary,
+    wrapped: Option<Vec<u8>>,
+    recipients: &[String],
+) -> Result<(), End> {
+    let fernet_key = match wrapped {
+        Some(_) => String::new(),
+        None => key.expose_fernet_key().to_string(),
+    };
     let key_msg = ExportKey {
-        fernet_key: key.expose_fernet_key().to_string(),
+        fernet_key,
         ciphertext_sha256: hex::encode(summary.sha256),
         chunk_count: summary.chunks,
         ciphertext_size: summary.ciphertext_size,
         warning: KEY_WARNING.to_string(),
+        wrapped_key: wrapped.unwrap_or_default(),
+        sealed_to: recipients.to_vec(),
+        receipt: String::new(),
     };
     out.send(msg(Msg::Key(key_msg)))
         .map_err(|s| End::from_stop(s, "before the key"))?;
