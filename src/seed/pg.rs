@@ -168,7 +168,7 @@ fn generate(opts: &SeedOptions, out: &mpsc::Sender<Msg>) -> Result<Vec<String>, 
             "SELECT * FROM {} ORDER BY rowid",
             quote_ident(table)
         ))?;
-        let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let width = columns.len();
         if out.blocking_send(Msg::Table { table, columns }).is_err() {
             return Ok(report.case_ids);
