@@ -133,7 +133,7 @@ pub enum SeedError {
     /// The PostgreSQL server could not be reached or refused the login.
     #[error(
         "cannot connect to PostgreSQL at {url}: {message}: check that the server runs and the \
-         URL, and give the password in CASE_EXPORT_CASE_DB_PASSWORD or --password-file"
+         URL, and give seed-demo the password in CASE_EXPORT_CASE_DB_PASSWORD or --password-file"
     )]
     Connect {
         /// The URL (it never holds a password).

@@ -2,7 +2,8 @@
 //! the generator fills an in-memory SQLite database exactly as for a file,
 //! and every table is streamed from it into PostgreSQL with binary
 //! `COPY ... FROM STDIN`, parents before children, in one transaction. The
-//! same options therefore give the same rows in both databases.
+//! same options therefore give the same rows in both databases. The
+//! in-memory database is as large as the SQLite file would be.
 
 use std::time::Instant;
 
