@@ -47,10 +47,12 @@ macro_rules! w {
 }
 
 mod generator;
+mod pg;
 mod text;
 mod words;
 
 use generator::Generator;
+pub use pg::{PG_SCHEMA_SQL, seed_postgres, seed_postgres_client};
 
 /// What the demo generator produces; the same options give the same database.
 #[derive(Debug, Clone)]
@@ -83,7 +85,8 @@ pub struct SeedReport {
     pub case_ids: Vec<String>,
     /// Rows inserted, over all tables.
     pub rows: u64,
-    /// Size of the database once the WAL is folded in, in bytes.
+    /// Size of the database once the WAL is folded in, in bytes (for
+    /// PostgreSQL: the demo tables with their indexes).
     pub bytes: u64,
     /// Wall time spent applying the schema and filling the database.
     pub elapsed: Duration,
@@ -127,6 +130,42 @@ pub enum SeedError {
     /// A SQLite operation failed.
     #[error("sqlite error while seeding: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error(
+        "cannot connect to PostgreSQL at {url}: {message}: check that the server runs and the \
+         URL, and give seed-demo the password in CASE_EXPORT_CASE_DB_PASSWORD or --password-file"
+    )]
+    Connect {
+        /// The URL (it never holds a password).
+        url: String,
+        /// What the client or the server said.
+        message: String,
+    },
+    /// A PostgreSQL statement failed; nothing was committed.
+    #[error("PostgreSQL refused to {doing}: {message}; nothing was written")]
+    Postgres {
+        /// What the seeder was doing.
+        doing: String,
+        /// What the server said.
+        message: String,
+    },
+    /// A generated value does not fit its PostgreSQL column (a schema that
+    /// differs from `schema/cases.pg.sql`).
+    #[error(
+        "cannot load {table}.{column} into PostgreSQL: {message}; apply schema/cases.pg.sql \
+         to a new database"
+    )]
+    Load {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// The seeder's own machinery failed; nothing was committed.
+    #[error("seeding stopped: {0}; nothing was written")]
+    Aborted(&'static str),
 }
 
 /// Creates a new database at `path` (refuse if it exists and is non-empty) and fills it.
