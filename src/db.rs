@@ -144,8 +144,9 @@ pub enum PgTls {
 pub struct PgUrl {
     /// The URL as configured (it holds no password).
     text: String,
-    /// The connection parameters other than TLS and the password.
-    config: tokio_postgres::Config,
+    /// The connection parameters other than TLS and the password (boxed:
+    /// large, and configurations are many and rarely read).
+    config: Box<tokio_postgres::Config>,
     tls: PgTls,
 }
 
@@ -234,7 +235,7 @@ impl PgUrl {
         });
         Ok(Self {
             text: s.to_owned(),
-            config,
+            config: Box::new(config),
             tls,
         })
     }
@@ -266,7 +267,7 @@ impl PgUrl {
         connect_timeout: Duration,
         application_name: &str,
     ) -> Result<PgConnector, DbError> {
-        let mut config = self.config.clone();
+        let mut config = (*self.config).clone();
         if let Some(p) = &password {
             config.password(p.as_bytes());
         }

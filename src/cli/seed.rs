@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The variable the server reads the case database's password from too.
-const PASSWORD_ENV: &str = "CASE_EXPORT_CASE_DB_PASSWORD";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
@@ -70,7 +69,7 @@ fn seed_pg(url: &str, a: &SeedArgs, opts: &SeedOptions) -> Result<SeedReport, Cl
     let url = PgUrl::parse(url).map_err(|e| err(&e))?;
     let password = PasswordSource {
         file: a.password_file.as_deref(),
-        env: PASSWORD_ENV,
+        env: case_export::server::CASE_DB_PASSWORD_ENV,
     }
     .resolve()
     .map_err(|e| err(&e))?;

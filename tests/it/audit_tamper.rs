@@ -9,9 +9,9 @@
 //! and exact); the checkpoint-key and SIGKILL tests run the real server.
 
 use crate::support::{
-    ServerProcess, audit_trail, authed, bin, dir_entries, eventually, mode, one_error_line,
-    raw_client_small_window, read_header, request, run, seeded_db, small_seed, stderr_of,
-    stdout_of, test_client_options, write_test_config,
+    ServerProcess, audit_trail, authed, bin, checkpoint_key, dir_entries, eventually,
+    one_error_line, raw_client_small_window, read_header, request, run, seeded_db, small_seed,
+    stderr_of, stdout_of, test_client_options, write_test_config,
 };
 use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
 use rusqlite::{Connection, params};
@@ -640,22 +640,6 @@ fn a_log_rebuilt_under_a_new_id_fails_against_the_old_checkpoints() {
 // ---------------------------------------------------------------------------
 // Signed checkpoints from a real server
 // ---------------------------------------------------------------------------
-
-/// `token checkpoint-key --out path`; returns the printed public key.
-fn checkpoint_key(path: &Path) -> String {
-    let o = run(bin().args(["token", "checkpoint-key", "--out"]).arg(path));
-    assert!(o.status.success(), "{}", stderr_of(&o));
-    assert_eq!(mode(path), 0o600);
-    let out = stdout_of(&o);
-    let pk = out
-        .lines()
-        .find_map(|l| l.strip_prefix("public key: "))
-        .unwrap_or_else(|| panic!("no public key line: {out}"))
-        .to_string();
-    assert_eq!(pk.len(), 64);
-    hex::decode(&pk).expect("hex public key");
-    pk
-}
 
 fn rewrite_checkpoints(src: &Path, dst: &Path, f: impl Fn(&mut serde_json::Value)) {
     let text = std::fs::read_to_string(src).expect("read checkpoints");

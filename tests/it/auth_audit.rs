@@ -244,7 +244,7 @@ async fn refused_exports_leave_attempt_then_denied_with_the_reason() {
         "{all:#?}"
     );
     let v = verify_log(
-        &case_export::audit::open_log_read_only(&srv.audit_db()).expect("open"),
+        &case_export::audit::open_log_read_only(srv.audit_db()).expect("open"),
         &[],
         None,
     )
@@ -487,7 +487,7 @@ async fn completed_export_leaves_attempt_started_sealed_completed() {
     // The terminal event repeats the custody figures.
     assert_eq!(detail(&evs[3])["ciphertext_sha256"], file_sha.as_str());
 
-    let conn = case_export::audit::open_log_read_only(&srv.audit_db()).expect("open");
+    let conn = case_export::audit::open_log_read_only(srv.audit_db()).expect("open");
     let v = verify_log(&conn, &[], None).expect("verify");
     assert!(v.chain_ok() && v.unterminated.is_empty(), "{v:?}");
     srv.stop().await;
@@ -585,7 +585,7 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
 
     // 1. Nothing can be written: the attempt is not on record, so the
     //    export is refused before anything is read.
-    break_store(&srv.audit_db(), None);
+    break_store(srv.audit_db(), None);
     let whole = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[0]).await;
     let s = whole.status.expect("refused");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
@@ -595,7 +595,7 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
 
     // 2. Only the custody record fails: every chunk went out, the key did
     //    not, and the call ends UNAVAILABLE.
-    break_store(&srv.audit_db(), Some("sealed"));
+    break_store(srv.audit_db(), Some("sealed"));
     let late = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[1]).await;
     let s = late.status.expect("the export must fail");
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
@@ -616,7 +616,7 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
 
     // 3. The fault is removed: the queued events are written, a new export
     //    succeeds and the chain is intact.
-    heal_store(&srv.audit_db());
+    heal_store(srv.audit_db());
     wait_export_health(&srv.url, ServingStatus::Serving, DEADLINE).await;
     let ok = export_raw(&srv.url, Some(TOKEN), &seeded.case_ids[0]).await;
     assert!(ok.status.is_none() && ok.key, "{ok:?}");
@@ -626,7 +626,7 @@ async fn failing_audit_store_releases_no_key_and_recovers() {
             ev.iter().filter(|(_, e, _)| e.kind.is_terminal()).count() == 4
         })
         .await;
-    let conn = case_export::audit::open_log_read_only(&srv.audit_db()).expect("open");
+    let conn = case_export::audit::open_log_read_only(srv.audit_db()).expect("open");
     let v = verify_log(&conn, &[], None).expect("verify");
     assert!(v.chain_ok(), "{:?}", v.problems);
     assert!(v.unterminated.is_empty(), "{:?}", v.unterminated);
@@ -1639,7 +1639,7 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     cfg.chunk_size = chunk_size;
     cfg.channel_depth = 1;
     let srv = TestServer::start(cfg).await;
-    break_store(&srv.audit_db(), Some("sealed"));
+    break_store(srv.audit_db(), Some("sealed"));
     let mut client = raw_client_small_window(&srv.url).await;
     let mut stream = client
         .export_case(authed(request(&seeded.case_ids[0], PURPOSE)))
@@ -1651,7 +1651,7 @@ async fn withheld_key_with_a_slow_client_still_ends_in_an_error() {
     // The client reads nothing more until the custody record has failed
     // (the store reports unhealthy only after that write failed).
     wait_export_health(&srv.url, ServingStatus::NotServing, DEADLINE).await;
-    heal_store(&srv.audit_db());
+    heal_store(srv.audit_db());
     let mut chunks = 0;
     let end = loop {
         match stream.message().await {
@@ -1837,10 +1837,10 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     srv.settle().await;
     srv.stop().await;
     let backup = dir.path().join("audit.backup.db");
-    std::fs::copy(&config.audit_db.sqlite_path().unwrap(), &backup).expect("back up the trail");
+    std::fs::copy(config.audit_db.sqlite_path().unwrap(), &backup).expect("back up the trail");
 
     // Someone with file access appends an event, hash and all.
-    let conn = rusqlite::Connection::open(&config.audit_db.sqlite_path().unwrap()).expect("open");
+    let conn = rusqlite::Connection::open(config.audit_db.sqlite_path().unwrap()).expect("open");
     let last: i64 = conn
         .query_row("SELECT max(seq) FROM audit_events", [], |r| r.get(0))
         .expect("last seq");
@@ -1877,7 +1877,7 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     srv.stop().await;
     // Nothing was appended after the forgery.
     let v = verify_log(
-        &case_export::audit::open_log_read_only(&config.audit_db.sqlite_path().unwrap())
+        &case_export::audit::open_log_read_only(config.audit_db.sqlite_path().unwrap())
             .expect("open"),
         &[],
         None,
@@ -1886,14 +1886,14 @@ async fn a_server_refuses_a_trail_it_did_not_write_and_serves_a_restored_one() {
     assert_eq!(v.last_seq, last as u64 + 1);
 
     // Restored from the backup, the trail is the one written: it serves.
-    std::fs::remove_file(&config.audit_db.sqlite_path().unwrap()).expect("remove");
+    std::fs::remove_file(config.audit_db.sqlite_path().unwrap()).expect("remove");
     for ext in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!(
             "{}{ext}",
             config.audit_db.sqlite_path().unwrap().display()
         ));
     }
-    std::fs::copy(&backup, &config.audit_db.sqlite_path().unwrap()).expect("restore");
+    std::fs::copy(&backup, config.audit_db.sqlite_path().unwrap()).expect("restore");
     let srv = TestServer::start(config).await;
     wait_export_health(&srv.url, ServingStatus::Serving, DEADLINE).await;
     assert!(

@@ -750,7 +750,7 @@ async fn plaintext_off_loopback_is_refused_before_anything_is_sent() {
     // The refused client never reached the server: the trail holds the
     // attempt of the allowed export only.
     let events = eventually("the allowed export's end", BOUND, || async {
-        let ev = audit_events(&server.audit_db());
+        let ev = audit_events(server.audit_db());
         if ev.iter().any(|e| e.kind == Kind::Completed) {
             Ok(ev)
         } else {

@@ -20,6 +20,7 @@ mod hostile_input;
 mod observability;
 mod pg_seed;
 mod python_interop;
+mod recipients;
 mod reliability;
 mod seal_format;
 mod snapshot_scope;

@@ -154,8 +154,8 @@ fn json_logs_carry_request_and_export_ids_and_never_the_key() {
     std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
     let server = ServerProcess::start_custom(
         &cfg_path,
-        &cfg.case_db.sqlite_path().unwrap(),
-        &cfg.audit_db.sqlite_path().unwrap(),
+        cfg.case_db.sqlite_path().unwrap(),
+        cfg.audit_db.sqlite_path().unwrap(),
         dir.path(),
         &["--log-format", "json"],
         |c| {

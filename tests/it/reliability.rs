@@ -434,7 +434,7 @@ async fn missing_foreign_and_corrupt_sources_fail_cleanly_and_health_follows() {
     std::fs::rename(&aside, &db).expect("restore the database");
     wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
     good_export_eventually(&server.url, &case_id).await;
-    assert_trail_intact(&server.audit_db()).await;
+    assert_trail_intact(server.audit_db()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -763,7 +763,7 @@ async fn two_hundred_concurrent_exports_end_ok_or_busy_and_a_connection_burst_is
     }
     wait_export_health(&server.url, ServingStatus::Serving, DEADLINE).await;
     good_export_eventually(&server.url, &server.case_ids[0]).await;
-    assert_trail_intact(&server.audit_db()).await;
+    assert_trail_intact(server.audit_db()).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -159,3 +159,19 @@ pub fn sigterm(pid: u32) {
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
 }
+
+/// `token checkpoint-key --out path`; returns the printed public key.
+pub fn checkpoint_key(path: &Path) -> String {
+    let o = run(bin().args(["token", "checkpoint-key", "--out"]).arg(path));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(mode(path), 0o600);
+    let out = stdout_of(&o);
+    let pk = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap_or_else(|| panic!("no public key line: {out}"))
+        .to_string();
+    assert_eq!(pk.len(), 64);
+    hex::decode(&pk).expect("hex public key");
+    pk
+}
