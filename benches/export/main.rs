@@ -11,7 +11,8 @@
 //! Options (after `--`):
 //!   --quick              smaller sizes and fewer reps (about 2 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
-//!                        snapshot, memory, load (default: all)
+//!                        snapshot, memory, load, pg (default: all; pg
+//!                        needs the PostgreSQL of CASE_EXPORT_TEST_PG)
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
 //!                        (default: <target>/bench)
@@ -44,6 +45,7 @@ mod external;
 mod load;
 mod memory;
 mod opts;
+mod pg;
 mod profile;
 mod report;
 mod seal;
@@ -60,6 +62,7 @@ use external::external_section;
 use load::load_section;
 use memory::memory_section;
 use opts::Opts;
+use pg::pg_section;
 use profile::profile;
 use report::{Report, machine, markdown, mib};
 use seal::{cost_section, seal_section};
@@ -179,6 +182,10 @@ fn main() {
     if opts.wants("load") {
         eprintln!("== load");
         load_section(&mut r, &env, &opts);
+    }
+    if opts.wants("pg") {
+        eprintln!("== PostgreSQL");
+        pg_section(&mut r, &mut env, &opts);
     }
 
     let elapsed = started.elapsed().as_secs_f64();
