@@ -67,6 +67,18 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
         .map_err(|e| CliError::new(format!("cannot write {}: {e}", token_file.display())))?;
     let addr = a.listen;
     let audit_db = a.dir.join("audit.db");
+    // The key that signs receipts (and checkpoints), kept across starts so
+    // receipts of earlier runs still verify.
+    let receipt_key = a.dir.join("receipt.key");
+    if !receipt_key.exists() {
+        let seed = case_export::audit::CheckpointSigner::generate_hex()
+            .map_err(|e| CliError::new(format!("cannot make the receipt key: {e}")))?;
+        super::write_private(&receipt_key, &super::secret_line(&seed))
+            .map_err(|e| CliError::new(format!("cannot write {}: {e}", receipt_key.display())))?;
+    }
+    let receipt_pk = case_export::audit::CheckpointSigner::from_file(&receipt_key)
+        .map_err(|e| CliError::new(e.to_string()))?
+        .public_hex();
     println!(
         "\ncase-export demo: case database {db}, audit trail {audit}\n\
          development principal \"demo\" (exporter, auditor), token in {tf}\n\
@@ -81,6 +93,8 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
          \n      --case {case} --purpose 'DEMO-1 quickstart' --key-out demo.key\
          \n  cargo run --release -- view case_offline_{case}.enc --key-file demo.key\
          \n  cargo run --release -- open case_offline_{case}.enc --key-file demo.key --out case.db\
+         \n  cargo run --release -- verify case_offline_{case}.enc --receipt case_offline_{case}.receipt.json \\\
+         \n      --public-key {receipt_pk}\
          \n  cargo run --release -- audit list --db {audit}\
          \n  cargo run --release -- audit verify --db {audit}\
          \n\
@@ -103,6 +117,10 @@ pub fn run(a: DemoArgs, log: LogFormat) -> CliResult {
             max_in_flight: None,
             require_recipients: None,
         }],
+        audit: case_export::server::AuditConfig {
+            checkpoint_key_file: Some(receipt_key),
+            ..Default::default()
+        },
         ..Config::default()
     };
     serve_config(config)
