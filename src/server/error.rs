@@ -72,7 +72,10 @@ impl ExportError {
         match e {
             SnapshotError::NotFound => Self::NotFound,
             SnapshotError::TooLarge { .. } => Self::TooLarge(e.to_string()),
-            SnapshotError::Unavailable(_) | SnapshotError::Busy(_) => {
+            SnapshotError::Unavailable(_)
+            | SnapshotError::Busy(_)
+            | SnapshotError::StatementTimeout(_)
+            | SnapshotError::PermissionDenied { .. } => {
                 Self::SourceUnavailable(e.to_string())
             }
             // A database without the configured case table is unusable as a
@@ -85,7 +88,7 @@ impl ExportError {
                         .into(),
                 )
             }
-            SnapshotError::Internal(_) => {
+            SnapshotError::Internal(_) | SnapshotError::Postgres(_) => {
                 tracing::error!(export_id, error = %e, source = ?std::error::Error::source(&e), "snapshot failed");
                 Self::Internal(export_id.to_string())
             }
