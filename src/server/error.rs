@@ -75,9 +75,7 @@ impl ExportError {
             SnapshotError::Unavailable(_)
             | SnapshotError::Busy(_)
             | SnapshotError::StatementTimeout(_)
-            | SnapshotError::PermissionDenied { .. } => {
-                Self::SourceUnavailable(e.to_string())
-            }
+            | SnapshotError::PermissionDenied { .. } => Self::SourceUnavailable(e.to_string()),
             // A database without the configured case table is unusable as a
             // source, like a missing one; the details are for the operator.
             SnapshotError::Schema(_) => {

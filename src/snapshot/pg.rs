@@ -269,7 +269,9 @@ impl PgSource {
                     None => SnapshotError::Unavailable("permission denied"),
                 },
                 c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
-                    SnapshotError::Unavailable("PostgreSQL ended the session or is out of resources")
+                    SnapshotError::Unavailable(
+                        "PostgreSQL ended the session or is out of resources",
+                    )
                 }
                 _ => SnapshotError::Postgres(e),
             };
@@ -341,7 +343,12 @@ struct Params(Vec<Vec<Option<String>>>);
 impl Params {
     /// `(cols) IN (SELECT casts FROM unnest($i::text[], ...))` over `keys`
     /// (one array per column).
-    fn in_list(&mut self, cols: &[String], casts: &[&str], keys: Vec<Vec<Option<String>>>) -> String {
+    fn in_list(
+        &mut self,
+        cols: &[String],
+        casts: &[&str],
+        keys: Vec<Vec<Option<String>>>,
+    ) -> String {
         let mut arrays = Vec::new();
         let mut picks = Vec::new();
         for (i, (k, cast)) in keys.into_iter().zip(casts).enumerate() {
@@ -519,8 +526,13 @@ impl Copier<'_> {
         if no_pk {
             sel.push(ROW_IDENTITY.into());
             if !self.ids[ti].is_empty() {
-                params.0.push(self.ids[ti].iter().cloned().map(Some).collect());
-                conds.push(format!("{ROW_IDENTITY} <> ALL (${}::text[])", params.0.len()));
+                params
+                    .0
+                    .push(self.ids[ti].iter().cloned().map(Some).collect());
+                conds.push(format!(
+                    "{ROW_IDENTITY} <> ALL (${}::text[])",
+                    params.0.len()
+                ));
             }
         }
         let sql = format!(
@@ -544,7 +556,11 @@ impl Copier<'_> {
         let (src, scope) = (self.src, self.scope);
         let t = &scope.tables[ti];
         let pg = |e| src.pg_error(e, Some(&t.name));
-        let rows = self.txn.query_raw(sql, params.0.iter()).await.map_err(&pg)?;
+        let rows = self
+            .txn
+            .query_raw(sql, params.0.iter())
+            .await
+            .map_err(&pg)?;
         let kinds: Vec<Kind> = t.columns.iter().map(|c| c.kind).collect();
         let no_pk = t.primary_key.is_empty();
         let (tx, mut rx) = mpsc::channel::<Batch>(CHANNEL_BATCHES);

@@ -265,10 +265,7 @@ pub(super) fn root_key<'s>(
                 .find(|c| c.name.eq_ignore_ascii_case(&cfg.root_key))
         })
         .ok_or_else(|| {
-            SnapshotError::Schema(format!(
-                "root key column {:?} does not exist",
-                cfg.root_key
-            ))
+            SnapshotError::Schema(format!("root key column {:?} does not exist", cfg.root_key))
         })
 }
 
@@ -410,12 +407,8 @@ impl PgScope {
                     d
                 })
                 .collect();
-            let list = |cols: &[String]| {
-                cols.iter()
-                    .map(|c| ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let list =
+                |cols: &[String]| cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
             if !t.primary_key.is_empty() && !single_int_pk {
                 defs.push(format!("PRIMARY KEY ({})", list(&t.primary_key)));
             }

@@ -48,7 +48,9 @@ pub(super) fn decode(row: &Row, kinds: &[Kind]) -> Result<Vec<Value>, tokio_post
         .enumerate()
         .map(|(i, k)| {
             Ok(match k {
-                Kind::Int => row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Integer),
+                Kind::Int => row
+                    .try_get::<_, Option<i64>>(i)?
+                    .map_or(Value::Null, Value::Integer),
                 Kind::Float => match row.try_get::<_, Option<f64>>(i)? {
                     None => Value::Null,
                     // SQLite would store NaN as NULL.
@@ -75,7 +77,9 @@ pub(super) fn key_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::Integer(i) => Some(i.to_string()),
-        Value::Real(f) if f.is_infinite() => Some(if *f > 0.0 { "Infinity" } else { "-Infinity" }.into()),
+        Value::Real(f) if f.is_infinite() => {
+            Some(if *f > 0.0 { "Infinity" } else { "-Infinity" }.into())
+        }
         // Debug prints the shortest text that reads back as the same f64.
         Value::Real(f) => Some(format!("{f:?}")),
         Value::Text(s) => Some(s.clone()),
