@@ -736,3 +736,31 @@ async fn pg_case_source_builds_through_the_seam() {
         .unwrap();
     assert_eq!(snap.row_counts.len(), 8);
 }
+
+#[tokio::test]
+async fn pg_partitioned_tables_are_read_through_their_parent() {
+    let Some(db) = PgDb::create("pg_partitions").await else {
+        return;
+    };
+    db.execute(
+        "CREATE TABLE cases (id text PRIMARY KEY); \
+         CREATE TABLE events (case_id text NOT NULL REFERENCES cases(id), n int) PARTITION BY LIST (case_id); \
+         CREATE TABLE events_a PARTITION OF events FOR VALUES IN ('A-1'); \
+         CREATE TABLE events_rest PARTITION OF events DEFAULT; \
+         INSERT INTO cases VALUES ('A-1'), ('B-2'); \
+         INSERT INTO events VALUES ('A-1', 1), ('A-1', 1), ('B-2', 2);",
+    )
+    .await;
+    let src = source(&db.url, Duration::from_secs(30));
+    let mut snap = build(&src, &request("A-1", &scope("cases", "id", &[])))
+        .await
+        .unwrap();
+    let view = open(&mut snap);
+    let conn = view.connection();
+    assert_eq!(tables(conn), ["_export_manifest", "cases", "events"]);
+    // No primary key: both equal rows, each once.
+    assert_eq!(
+        rows(conn, "SELECT case_id, n FROM events"),
+        [["'A-1'", "1"], ["'A-1'", "1"]]
+    );
+}
