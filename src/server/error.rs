@@ -79,9 +79,10 @@ impl ExportError {
         match e {
             SnapshotError::NotFound => Self::NotFound,
             SnapshotError::TooLarge { .. } => Self::TooLarge(e.to_string()),
-            SnapshotError::Unavailable(_) | SnapshotError::Busy(_) => {
-                Self::SourceUnavailable(e.to_string())
-            }
+            SnapshotError::Unavailable(_)
+            | SnapshotError::Busy(_)
+            | SnapshotError::StatementTimeout(_)
+            | SnapshotError::PermissionDenied { .. } => Self::SourceUnavailable(e.to_string()),
             // A database without the configured case table is unusable as a
             // source, like a missing one; the details are for the operator.
             SnapshotError::Schema(_) => {
@@ -92,7 +93,7 @@ impl ExportError {
                         .into(),
                 )
             }
-            SnapshotError::Internal(_) => {
+            SnapshotError::Internal(_) | SnapshotError::Postgres(_) => {
                 tracing::error!(export_id, error = %e, source = ?std::error::Error::source(&e), "snapshot failed");
                 Self::Internal(export_id.to_string())
             }

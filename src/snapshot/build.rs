@@ -56,7 +56,6 @@ impl std::fmt::Debug for Snapshot {
 
 impl Snapshot {
     /// The in-memory database being built (for the other sources' builders).
-    #[allow(dead_code)]
     pub(super) fn conn(&self) -> &Connection {
         &self.conn
     }

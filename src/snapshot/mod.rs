@@ -8,7 +8,7 @@ mod source;
 mod view;
 
 pub use build::{Snapshot, SnapshotRequest, build_snapshot};
-pub use pg::{PgSource, PgSourceOptions};
+pub use pg::{BATCH_BYTES, BATCH_ROWS, CHANNEL_BATCHES, PgSource, PgSourceOptions};
 pub use scope::ScopeConfig;
 pub use source::{CaseRequest, CaseSource};
 pub use view::{Manifest, SnapshotView, ViewError};
@@ -50,9 +50,28 @@ pub enum SnapshotError {
     /// The source schema does not fit the configured scope.
     #[error("case database schema does not match the configuration: {0}")]
     Schema(String),
+    /// A PostgreSQL statement ran longer than the configured timeout.
+    #[error(
+        "case database unavailable: a statement ran longer than postgres.statement_timeout_secs \
+         ({}s); retry later, or raise that setting if cases are this large",
+        .0.as_secs_f64()
+    )]
+    StatementTimeout(Duration),
+    /// The case database role lacks a privilege it needs on a table.
+    #[error(
+        "case database unavailable: the case database role may not read table {table:?}: \
+         grant it SELECT on that table"
+    )]
+    PermissionDenied {
+        /// The table it may not read.
+        table: String,
+    },
     /// Anything else SQLite reported; details stay in the logs.
     #[error("internal error while building the snapshot")]
     Internal(#[source] rusqlite::Error),
+    /// Anything else PostgreSQL reported; details stay in the logs.
+    #[error("internal error while reading the case database")]
+    Postgres(#[source] tokio_postgres::Error),
 }
 
 impl SnapshotError {

@@ -42,7 +42,7 @@ pub(crate) struct ScopeTable {
     pub name: String,
     pub columns: Vec<String>,
     /// Key used to skip rows already copied: `rowid`, or the primary key of
-    /// a WITHOUT ROWID table.
+    /// a WITHOUT ROWID table (from PostgreSQL: the primary key, if any).
     pub identity: Vec<String>,
     /// Foreign keys to tables of the graph (the rest are left as values).
     pub fks: Vec<ForeignKey>,
@@ -54,7 +54,7 @@ impl ScopeTable {
     /// The foreign keys whose edges can bring rows in. A row needs every
     /// non-NULL in-graph key to point at a copied row, so when one key can
     /// never be NULL, every row comes through that key's edge alone.
-    fn driving_fks(&self) -> Vec<usize> {
+    pub(crate) fn driving_fks(&self) -> Vec<usize> {
         let mandatory = self
             .fks
             .iter()
