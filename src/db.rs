@@ -417,8 +417,10 @@ impl PgConnector {
         let manager = deadpool_postgres::Manager::from_config(
             self.config.clone(),
             self.tls.clone(),
+            // A connection may come back with a transaction still open (an
+            // export cancelled mid-statement): roll it back before reuse.
             deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+                recycling_method: deadpool_postgres::RecyclingMethod::Custom("ROLLBACK".into()),
             },
         );
         deadpool_postgres::Pool::builder(manager)

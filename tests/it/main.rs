@@ -22,7 +22,6 @@ mod pg_faults;
 mod pg_seed;
 mod pg_source;
 mod python_interop;
-mod receipts;
 mod recipients;
 mod reliability;
 mod seal_format;
