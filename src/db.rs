@@ -417,10 +417,11 @@ impl PgConnector {
         let manager = deadpool_postgres::Manager::from_config(
             self.config.clone(),
             self.tls.clone(),
-            // A connection may come back with a transaction still open (an
-            // export cancelled mid-statement): roll it back before reuse.
+            // Checked with a query before reuse. An export's transaction
+            // dropped unfinished is rolled back by tokio-postgres, in order,
+            // before the next statement on that connection.
             deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Custom("ROLLBACK".into()),
+                recycling_method: deadpool_postgres::RecyclingMethod::Verified,
             },
         );
         deadpool_postgres::Pool::builder(manager)
