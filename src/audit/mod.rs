@@ -6,6 +6,7 @@ mod chain;
 mod checkpoint;
 mod error;
 mod integrity;
+mod pg;
 mod store;
 mod verify;
 mod writer;
@@ -15,6 +16,7 @@ pub use checkpoint::{Checkpoint, CheckpointSigner, read_checkpoints};
 pub use error::TrailMismatch;
 pub use error::{AuditError, CheckpointError};
 pub use integrity::{last_good_head, start_new_trail};
+pub use pg::{PG_SCHEMA, PG_TABLES, init_trail, read_copy, read_db_checkpoints};
 pub use store::open_log_read_only;
 pub use verify::{
     ListFilter, TenantView, Verification, list_events, verify_log, visible_request_ids,
