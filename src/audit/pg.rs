@@ -263,6 +263,30 @@ async fn stored_tail(client: &impl tokio_postgres::GenericClient) -> Result<u64,
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// Whether the stored event at `head.seq` is still the one `head` names:
+/// its stored hash, and its contents hashed again with its stored
+/// previous-hash.
+async fn still_there(
+    client: &impl tokio_postgres::GenericClient,
+    head: &Head,
+) -> Result<bool, AuditError> {
+    let row = client
+        .query_opt(
+            format!("SELECT {COLUMNS} FROM audit_events WHERE seq = $1").as_str(),
+            &[&(head.seq as i64)],
+        )
+        .await
+        .map_err(|e| AuditError::Query(pg_msg(&e)))?;
+    let Some(row) = row else { return Ok(false) };
+    let (seq, e, _, prev_hex, hash_hex) =
+        read_row(&row).map_err(|e| AuditError::Query(pg_msg(&e)))?;
+    let mut prev = [0u8; 32];
+    if hex::decode_to_slice(&prev_hex, &mut prev).is_err() {
+        return Ok(false);
+    }
+    Ok(hash_hex == hex::encode(head.hash) && event_hash(seq, &prev, &e) == head.hash)
+}
+
 /// Walks the stored chain after `from` to its tail, holding each event to
 /// its place; the chain must pass through `through` (a head this replica
 /// knew) unchanged. Returns the tail.
@@ -271,7 +295,7 @@ async fn walk(
     from: &Head,
     through: &Head,
 ) -> Result<Result<Head, TrailMismatch>, AuditError> {
-    if from.seq > 0 && stored_hash(client, from.seq).await? != Some(hex::encode(from.hash)) {
+    if from.seq > 0 && !still_there(client, from).await? {
         return Ok(Err(mismatch(
             from.seq,
             format!(

@@ -18,6 +18,7 @@ mod fernet_vectors;
 mod grpcurl;
 mod hostile_input;
 mod observability;
+mod pg_trail;
 mod python_interop;
 mod reliability;
 mod seal_format;
