@@ -307,7 +307,10 @@ async fn walk(
     let q = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq");
     let from_seq = from.seq as i64;
     let rows = client
-        .query_raw(q.as_str(), [&from_seq as &(dyn tokio_postgres::types::ToSql + Sync)])
+        .query_raw(
+            q.as_str(),
+            [&from_seq as &(dyn tokio_postgres::types::ToSql + Sync)],
+        )
         .await
         .map_err(|e| AuditError::Query(pg_msg(&e)))?;
     tokio::pin!(rows);

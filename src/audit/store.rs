@@ -3,10 +3,10 @@
 
 use super::Event;
 use super::chain::{Head, event_hash, genesis_hash};
-pub use super::error::AuditError;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::checkpoint::{Checkpoint, CheckpointSigner};
+pub use super::error::AuditError;
 use super::error::TrailMismatch;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -9,7 +9,7 @@ use super::Event;
 use super::chain::Head;
 use super::checkpoint::{Checkpoint, CheckpointSigner};
 use super::integrity::TrailMismatch;
-use super::store::{AuditError, Appended, SqliteStore, Store};
+use super::store::{Appended, AuditError, SqliteStore, Store};
 use crate::metrics::Metrics;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -213,8 +213,7 @@ impl AuditWriter {
         let key = config.signer.as_ref().map(CheckpointSigner::public_hex);
         let instance_owned = instance.to_string();
         Self::launch(instance, config, move || {
-            let (store, head, refused) =
-                super::pg::PgStore::open(connector, &instance_owned, key)?;
+            let (store, head, refused) = super::pg::PgStore::open(connector, &instance_owned, key)?;
             Ok((Box::new(store) as Box<dyn Store>, head, refused))
         })
     }

@@ -139,9 +139,7 @@ impl TrailArgs {
     /// (a PostgreSQL trail is read in one consistent read).
     fn open(&self) -> Result<(Connection, Vec<Checkpoint>), CliError> {
         match self.connector()? {
-            Some(c) => super::runtime()?
-                .block_on(read_copy(&c))
-                .map_err(cli_err),
+            Some(c) => super::runtime()?.block_on(read_copy(&c)).map_err(cli_err),
             None => open_log_read_only(&PathBuf::from(&self.db))
                 .map(|c| (c, Vec::new()))
                 .map_err(cli_err),

@@ -19,8 +19,8 @@ mod untrusted;
 pub use crate::contract::{file_name_for, validate_case_id, validate_purpose};
 pub use auth::{ON_BEHALF_OF, Principal, certificate_identity};
 pub use config::{
-    AUDIT_DB_PASSWORD_ENV, AuditConfig, Config, ConfigError, DEFAULT_LISTEN, PrincipalConfig,
-    Role, TlsConfig,
+    AUDIT_DB_PASSWORD_ENV, AuditConfig, Config, ConfigError, DEFAULT_LISTEN, PrincipalConfig, Role,
+    TlsConfig,
 };
 pub use error::ExportError;
 pub use layer::code_name;

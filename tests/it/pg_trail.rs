@@ -5,14 +5,17 @@
 //! reading both stores alike (docs/AUDIT.md, "The PostgreSQL trail").
 
 use crate::support::{
-    PgDb, ServerProcess, authed, bin, eventually, good_export_eventually, raw_client_small_window,
-    read_header, request, run, seeded_db, stderr_of, stdout_of, write_test_config,
+    AUDITOR_TOKEN, PgDb, ServerProcess, authed, bin, channel, eventually, good_export_eventually,
+    raw_client_small_window, read_header, request, run, seeded_db, stderr_of, stdout_of,
+    with_creds, write_test_config,
 };
 use case_export::audit::{
     AuditError, AuditWriter, Event, Kind, ListFilter, Verification, WriterConfig, list_events,
     read_copy, verify_log,
 };
 use case_export::db::{DbLocation, PgConnector};
+use case_export::pb::audit_service_client::AuditServiceClient;
+use case_export::pb::{ListEventsRequest, VerifyLogRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -88,7 +91,10 @@ async fn two_writers_interleave_into_one_chain() {
     let mut by_seq = BTreeMap::new();
     for c in calls {
         let (seq, rid) = c.await.expect("task");
-        assert!(by_seq.insert(seq, rid).is_none(), "a sequence number given twice");
+        assert!(
+            by_seq.insert(seq, rid).is_none(),
+            "a sequence number given twice"
+        );
     }
     let (events, v) = read_trail(&db.url).await;
     assert!(v.chain_ok(), "{:?}", v.problems);
@@ -138,16 +144,20 @@ async fn the_service_role_may_only_read_and_append() {
         return;
     };
     let (role, role_url) = db.role("svc").await;
-    let o = run(bin()
-        .args(["audit", "init", "--db", &db.url, "--grant", &role]));
+    let o = run(bin().args(["audit", "init", "--db", &db.url, "--grant", &role]));
     assert!(o.status.success(), "{}", stderr_of(&o));
-    assert!(stdout_of(&o).contains("created the custody trail"), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("created the custody trail"),
+        "{}",
+        stdout_of(&o)
+    );
     // Again: nothing to create, the grant is given again.
-    let o = run(bin()
-        .args(["audit", "init", "--db", &db.url, "--grant", &role]));
+    let o = run(bin().args(["audit", "init", "--db", &db.url, "--grant", &role]));
     assert!(stdout_of(&o).contains("exists"), "{}", stdout_of(&o));
 
-    let w = start_writer(&role_url, "svc-writer").await.expect("writer as the service role");
+    let w = start_writer(&role_url, "svc-writer")
+        .await
+        .expect("writer as the service role");
     w.handle().commit(attempt("r1")).await.expect("append");
     stop_writer(w).await;
 
@@ -161,8 +171,14 @@ async fn the_service_role_may_only_read_and_append() {
         "ALTER TABLE audit_events DISABLE TRIGGER USER",
     ] {
         let e = svc.batch_execute(sql).await.expect_err(sql);
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
-        assert!(msg.contains("permission denied") || msg.contains("must be owner"), "{sql}: {msg}");
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("permission denied") || msg.contains("must be owner"),
+            "{sql}: {msg}"
+        );
     }
     // The owner too is stopped by the triggers.
     let admin = db.connect().await;
@@ -174,8 +190,14 @@ async fn the_service_role_may_only_read_and_append() {
         "INSERT INTO audit_meta VALUES ('00', 'now', 1)",
     ] {
         let e = admin.batch_execute(sql).await.expect_err(sql);
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
-        assert!(msg.contains("append-only") || msg.contains("one row"), "{sql}: {msg}");
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("append-only") || msg.contains("one row"),
+            "{sql}: {msg}"
+        );
     }
     let (events, v) = read_trail(&db.url).await;
     assert!(v.chain_ok(), "{:?}", v.problems);
@@ -194,7 +216,9 @@ async fn tamper(db: &PgDb, sql: &str) {
 
 /// A trail of `n` events written by a writer that stopped cleanly.
 async fn trail_of(db: &PgDb, n: usize) -> AuditWriter {
-    let w = start_writer(&db.url, "tamper-running").await.expect("writer");
+    let w = start_writer(&db.url, "tamper-running")
+        .await
+        .expect("writer");
     for i in 0..n {
         w.handle().commit(attempt(&format!("r{i}"))).await.unwrap();
     }
@@ -210,7 +234,9 @@ fn assert_refused(w: &AuditWriter, seq: u64) {
 }
 
 async fn refused_after_restart(db: &PgDb, seq: u64) {
-    let w = start_writer(&db.url, "tamper-restarted").await.expect("start");
+    let w = start_writer(&db.url, "tamper-restarted")
+        .await
+        .expect("start");
     assert_refused(&w, seq);
     match w.handle().commit(attempt("after")).await {
         Err(AuditError::Mismatch(m)) => assert_eq!(m.seq, seq),
@@ -225,7 +251,11 @@ async fn an_edited_event_is_caught_by_a_running_and_a_restarted_replica() {
         return;
     };
     let w = trail_of(&db, 5).await;
-    tamper(&db, "UPDATE audit_events SET purpose = 'rewritten' WHERE seq = 2").await;
+    tamper(
+        &db,
+        "UPDATE audit_events SET purpose = 'rewritten' WHERE seq = 2",
+    )
+    .await;
     // Behind the head: the next checkpoint's verification catches it.
     assert!(w.handle().checkpoint().await.is_none());
     assert_refused(&w, 2);
@@ -241,7 +271,11 @@ async fn a_rewritten_head_is_caught_at_the_next_append() {
         return;
     };
     let w = trail_of(&db, 4).await;
-    tamper(&db, "UPDATE audit_events SET request_id = 'other' WHERE seq = 4").await;
+    tamper(
+        &db,
+        "UPDATE audit_events SET request_id = 'other' WHERE seq = 4",
+    )
+    .await;
     match w.handle().commit(attempt("next")).await {
         Err(AuditError::Mismatch(m)) => assert_eq!(m.seq, 4, "{m}"),
         other => panic!("append after a rewrite: {other:?}"),
@@ -397,10 +431,46 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
             let closed = events.iter().any(|(_, e, _)| {
                 e.kind == Kind::Failed && e.export_id.as_deref() == Some(header.export_id.as_str())
             });
-            if closed { Ok(events) } else { Err("not yet".to_string()) }
+            if closed {
+                Ok(events)
+            } else {
+                Err("not yet".to_string())
+            }
         },
     )
     .await;
+    // AuditService of a survivor reads the shared trail as the CLI does.
+    let mut audit = AuditServiceClient::new(channel(&r2.url(), false).await);
+    let v = audit
+        .verify_log(with_creds(VerifyLogRequest {}, Some(AUDITOR_TOKEN), None))
+        .await
+        .expect("verify over gRPC")
+        .into_inner();
+    assert!(v.ok, "{:?}", v.problems);
+    assert!(v.head_seq >= events.len() as u64, "{v:?}");
+    // Only the verifying call itself may be open while it reads.
+    assert!(v.unterminated.len() <= 1, "{:?}", v.unterminated);
+    let mut stream = audit
+        .list_events(with_creds(
+            ListEventsRequest::default(),
+            Some(AUDITOR_TOKEN),
+            None,
+        ))
+        .await
+        .expect("list over gRPC")
+        .into_inner();
+    let mut listed = Vec::new();
+    while let Some(e) = stream.message().await.expect("list stream") {
+        listed.push((e.seq, e.request_id, e.kind, e.hash));
+    }
+    assert!(listed.len() >= events.len());
+    for ((seq, e, hash), l) in events.iter().zip(&listed) {
+        assert_eq!(
+            (*seq, &e.request_id, e.kind.as_str(), hash),
+            (l.0, &l.1, l.2.as_str(), &l.3)
+        );
+    }
+    drop(audit);
     assert!(r1.terminate().success());
     assert!(r2.terminate().success());
 
@@ -427,7 +497,10 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
     for r in &receipts {
         let (rid, _) = calls
             .iter()
-            .find(|(_, evs)| evs.iter().any(|e| e.export_id.as_deref() == Some(r.export_id.as_str())))
+            .find(|(_, evs)| {
+                evs.iter()
+                    .any(|e| e.export_id.as_deref() == Some(r.export_id.as_str()))
+            })
             .expect("the export is on record");
         let kinds: Vec<Kind> = calls[rid].iter().map(|e| e.kind).collect();
         assert_eq!(
@@ -442,19 +515,28 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
     // UNAVAILABLE by a survivor.
     let (held_rid, held) = calls
         .iter()
-        .find(|(_, evs)| evs.iter().any(|e| e.export_id.as_deref() == Some(header.export_id.as_str())))
+        .find(|(_, evs)| {
+            evs.iter()
+                .any(|e| e.export_id.as_deref() == Some(header.export_id.as_str()))
+        })
         .expect("the held export is on record");
     let last = held.last().expect("events");
     assert_eq!(last.kind, Kind::Failed, "{held_rid}: {held:?}");
     assert_eq!(last.code.as_deref(), Some("UNAVAILABLE"));
     assert_ne!(last.instance, held[0].instance, "closed by a survivor");
     assert!(
-        last.detail.as_deref().unwrap_or("").contains(&held[0].instance),
+        last.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains(&held[0].instance),
         "{:?}",
         last.detail
     );
     assert!(!held.iter().any(|e| e.kind == Kind::Sealed), "no key left");
-    let starts = events_after.iter().filter(|(_, e, _)| e.kind == Kind::ServerStart).count();
+    let starts = events_after
+        .iter()
+        .filter(|(_, e, _)| e.kind == Kind::ServerStart)
+        .count();
     assert_eq!(starts, 3);
 
     // The CLI gives the same answers from PostgreSQL and from a SQLite copy.
@@ -463,7 +545,8 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
     assert!(stdout_of(&o).contains(&format!("holds {} events", events_after.len())));
     let copy = dir.join("copy.db");
     let (conn, _) = read_copy(&connector(&db.url)).await.unwrap();
-    conn.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    conn.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
     let sqlite = run(bin().args(["audit", "list", "--json", "--db"]).arg(&copy));
     let pg = run(bin().args(["audit", "list", "--json", "--db", &db.url]));
     assert!(pg.status.success(), "{}", stderr_of(&pg));
