@@ -33,7 +33,7 @@ pub enum TrailSource {
     Sqlite(PathBuf),
     /// A PostgreSQL trail, read in one consistent read per call into an
     /// in-memory copy, so both stores answer alike.
-    Postgres(crate::db::PgConnector),
+    Postgres(Box<crate::db::PgConnector>),
 }
 
 impl TrailSource {

@@ -140,7 +140,7 @@ impl Prepared {
         let metrics = Metrics::new();
         let writer = open_trail(&config, metrics.clone())?;
         let trail_source = match audit_connector(&config)? {
-            Some(c) => audit_svc::TrailSource::Postgres(c),
+            Some(c) => audit_svc::TrailSource::Postgres(Box::new(c)),
             None => audit_svc::TrailSource::Sqlite(
                 config
                     .audit_db
