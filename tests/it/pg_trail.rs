@@ -6,8 +6,8 @@
 
 use crate::support::{
     AUDITOR_TOKEN, PgDb, ServerProcess, authed, bin, channel, eventually, good_export_eventually,
-    raw_client_small_window, read_header, request, run, seeded_db, stderr_of, stdout_of,
-    with_creds, write_test_config,
+    one_error_line, raw_client_small_window, read_header, request, run, seeded_db, stderr_of,
+    stdout_of, with_creds, write_test_config,
 };
 use case_export::audit::{
     AuditError, AuditWriter, Event, Kind, ListFilter, Verification, WriterConfig, list_events,
@@ -263,6 +263,30 @@ async fn an_edited_event_is_caught_by_a_running_and_a_restarted_replica() {
     refused_after_restart(&db, 2).await;
     let (_, v) = read_trail(&db.url).await;
     assert!(v.problems[0].contains("event 2"), "{:?}", v.problems);
+    let line = one_error_line(&run(bin().args(["audit", "verify", "--db", &db.url])));
+    assert!(
+        line.contains("audit chain of") && line.contains("event 2: contents do not match"),
+        "{line}"
+    );
+}
+
+#[test]
+fn audit_init_needs_a_postgresql_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let line = one_error_line(&run(bin().args(["audit", "init", "--db"]).arg(&db)));
+    assert!(line.contains("give a postgres:// URL"), "{line}");
+    assert!(!db.exists());
+    let line = one_error_line(&run(bin().args([
+        "audit",
+        "verify",
+        "--db",
+        "postgres://nobody@127.0.0.1:1/none",
+    ])));
+    assert!(
+        line.contains("cannot open the audit database postgres://nobody@127.0.0.1:1/none"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
