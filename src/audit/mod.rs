@@ -1,6 +1,6 @@
-//! The custody trail: an append-only, hash-chained SQLite log of every call
-//! and its outcome, its writer thread, signed checkpoints and verification
-//! (docs/AUDIT.md).
+//! The custody trail: an append-only, hash-chained log of every call and
+//! its outcome, in a SQLite file or in PostgreSQL shared by replicas; its
+//! writer thread, signed checkpoints and verification (docs/AUDIT.md).
 
 mod chain;
 mod checkpoint;

@@ -2,8 +2,10 @@
 //! Callers enqueue events without blocking; those that must fail closed
 //! await the commit. Events that could not be written stay queued, within a
 //! byte bound, and are retried until they are. The writer only ever appends
-//! to the trail it left: a stored trail that differs from it (a cut tail, a
-//! forged or rewritten event) stops every write for good (`integrity`).
+//! to the trail it left (with a shared PostgreSQL trail, after the events
+//! of other replicas it has verified): a stored trail that differs from it
+//! (a cut tail, a forged or rewritten event) stops every write for good
+//! (`integrity`, `pg`). Where the trail is kept is the `store::Store` seam.
 
 use super::Event;
 use super::chain::Head;
