@@ -586,3 +586,55 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
     );
     assert!(pg_line.contains("checkpoint(s) match"), "{pg_line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_replica_refuses_a_trail_rewritten_under_it_and_so_does_a_restart() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(db) = PgDb::create("pg_trail_server_tamper").await else {
+        return;
+    };
+    let seeded = seeded_db(&crate::support::small_seed());
+    let dir = seeded.dir.path();
+    let audit_db = std::path::PathBuf::from(&db.url);
+    let config = write_test_config(dir, 200);
+    let start = || ServerProcess::start_custom(&config, &seeded.path, &audit_db, dir, &[], |_| {});
+    let server = start();
+    good_export_eventually(&server.url(), &seeded.case_ids[0]).await;
+    // The last event's contents rewritten (its hash left as it was).
+    tamper(
+        &db,
+        "UPDATE audit_events SET purpose = 'rewritten' \
+         WHERE seq = (SELECT max(seq) FROM audit_events)",
+    )
+    .await;
+    let err = crate::support::export_checked(&server.url(), &seeded.case_ids[1])
+        .await
+        .expect_err("no export over a rewritten trail");
+    assert!(
+        err.to_string()
+            .contains("the audit store cannot record this export, so nothing was released"),
+        "{err}"
+    );
+    crate::support::wait_export_health(
+        &server.url(),
+        ServingStatus::NotServing,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        server.log_text().contains("the audit trail differs"),
+        "{}",
+        server.log_text()
+    );
+    drop(server);
+    let restarted = start();
+    crate::support::wait_export_health(
+        &restarted.url(),
+        ServingStatus::NotServing,
+        Duration::from_secs(10),
+    )
+    .await;
+    crate::support::export_checked(&restarted.url(), &seeded.case_ids[1])
+        .await
+        .expect_err("no export after a restart either");
+}
