@@ -599,7 +599,27 @@ async fn a_serving_replica_refuses_a_trail_rewritten_under_it_and_so_does_a_rest
     let config = write_test_config(dir, 200);
     let start = || ServerProcess::start_custom(&config, &seeded.path, &audit_db, dir, &[], |_| {});
     let server = start();
-    good_export_eventually(&server.url(), &seeded.case_ids[0]).await;
+    let receipt = good_export_eventually(&server.url(), &seeded.case_ids[0]).await;
+    // The call's end on record first: the writer is idle, so the rewritten
+    // event is its head. (An edit racing an append can land just behind
+    // the head; the next checkpoint finds that one.)
+    eventually(
+        "the export's end on record",
+        Duration::from_secs(10),
+        || async {
+            let (events, _) = read_trail(&db.url).await;
+            let done = events.iter().any(|(_, e, _)| {
+                e.kind == Kind::Completed
+                    && e.export_id.as_deref() == Some(receipt.export_id.as_str())
+            });
+            if done {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
     // The last event's contents rewritten (its hash left as it was).
     tamper(
         &db,
