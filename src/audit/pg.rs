@@ -162,6 +162,7 @@ fn read_row(r: &Row) -> Result<StoredEvent, tokio_postgres::Error> {
 /// lock, so replicas starting together create them once) and its log id;
 /// with `grant`, gives that role what the service needs: SELECT and
 /// INSERT. Returns whether the tables were created.
+// Long: one locked transaction, from finding the tables to granting.
 pub async fn ensure_schema(client: &mut Client, grant: Option<&str>) -> Result<bool, AuditError> {
     let tx = client.transaction().await.map_err(write_err)?;
     tx.execute(
@@ -376,6 +377,7 @@ pub async fn read_db_checkpoints(
 /// The start check of a shared trail: the whole chain verifies, and the
 /// last checkpoint stored with it is signed by `our_key` (when the replica
 /// signs) and matches the stored event at its sequence number.
+// Long: the start rules in the order docs/AUDIT.md gives them.
 async fn check_at_start(
     client: &Client,
     log_id: [u8; 16],
@@ -439,8 +441,8 @@ async fn check_at_start(
     Ok(Ok(tail))
 }
 
-/// A calls left open by a replica: its request id, the replica, and its
-/// last event (whose fields the closing event carries).
+/// A call left open by a replica: the replica, and the call's last event
+/// (whose request id and fields the closing event carries).
 struct OpenCall {
     instance: String,
     last: Event,
@@ -464,6 +466,7 @@ impl PgStore {
     /// replica's liveness mark, holds the trail to its last stored
     /// checkpoint and closes the calls of replicas that are gone
     /// (including this instance's previous run).
+    // Long: the start steps in order; each can stop the start.
     pub(super) fn open(
         connector: PgConnector,
         instance: &str,

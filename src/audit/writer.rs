@@ -222,6 +222,7 @@ impl AuditWriter {
 
     /// Starts the writer thread over the store `open` makes on it (a
     /// PostgreSQL store runs its own runtime there), and waits for it.
+    // Long: the thread's start and the handshake that reports it.
     fn launch(
         instance: &str,
         config: WriterConfig,
