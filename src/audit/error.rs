@@ -15,6 +15,14 @@ pub enum AuditError {
         /// What went wrong.
         message: String,
     },
+    /// A PostgreSQL trail's database cannot be reached or set up.
+    #[error("cannot open the audit database {db}: {message}")]
+    Database {
+        /// The database's URL (which never holds a password).
+        db: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The file is some other database, never to be made (or read as) a
     /// trail.
     #[error(

@@ -15,7 +15,7 @@ use std::path::Path;
 
 pub use super::error::TrailMismatch;
 
-fn mismatch(seq: u64, what: impl Into<String>) -> TrailMismatch {
+pub(super) fn mismatch(seq: u64, what: impl Into<String>) -> TrailMismatch {
     TrailMismatch {
         seq,
         what: what.into(),
@@ -56,27 +56,40 @@ fn walk(
     let mut seq = from;
     while let Some(r) = rows.next().map_err(read_err)? {
         let (s, e, kind, prev_hex, hash_hex) = read_event(r).map_err(read_err)?;
-        let expected = seq + 1;
-        if s != expected {
-            return Err(mismatch(expected, format!("event {expected} is missing")));
-        }
-        if Kind::parse(&kind).is_none() {
-            return Err(mismatch(s, format!("unknown kind {kind:?}")));
-        }
-        if prev_hex != hex::encode(prev) {
-            return Err(mismatch(
-                s,
-                "its previous-hash does not match the event before",
-            ));
-        }
-        let h = event_hash(s, &prev, &e);
-        if hash_hex != hex::encode(h) {
-            return Err(mismatch(s, "its contents do not match its hash (altered)"));
-        }
+        prev = check_step(seq + 1, &prev, s, &e, &kind, &prev_hex, &hash_hex)?;
         seq = s;
-        prev = h;
     }
     Ok((seq, prev))
+}
+
+/// Holds one stored event to its place after `prev` (due at `expected`):
+/// its sequence number, kind, previous-hash and hash. Returns its hash.
+pub(super) fn check_step(
+    expected: u64,
+    prev: &[u8; 32],
+    s: u64,
+    e: &Event,
+    kind: &str,
+    prev_hex: &str,
+    hash_hex: &str,
+) -> Result<[u8; 32], TrailMismatch> {
+    if s != expected {
+        return Err(mismatch(expected, format!("event {expected} is missing")));
+    }
+    if Kind::parse(kind).is_none() {
+        return Err(mismatch(s, format!("unknown kind {kind:?}")));
+    }
+    if prev_hex != hex::encode(prev) {
+        return Err(mismatch(
+            s,
+            "its previous-hash does not match the event before",
+        ));
+    }
+    let h = event_hash(s, prev, e);
+    if hash_hex != hex::encode(h) {
+        return Err(mismatch(s, "its contents do not match its hash (altered)"));
+    }
+    Ok(h)
 }
 
 /// Verifies that the stored chain goes from `from` (verified before) to

@@ -1,12 +1,13 @@
-//! The custody trail: an append-only, hash-chained SQLite log of every call
-//! and its outcome, its writer thread, signed checkpoints and verification
-//! (docs/AUDIT.md).
+//! The custody trail: an append-only, hash-chained log of every call and
+//! its outcome, in a SQLite file or in PostgreSQL shared by replicas; its
+//! writer thread, signed checkpoints and verification (docs/AUDIT.md).
 
 mod chain;
 mod checkpoint;
 mod error;
 mod integrity;
 mod lookup;
+mod pg;
 mod store;
 mod verify;
 mod writer;
@@ -17,6 +18,7 @@ pub use error::TrailMismatch;
 pub use error::{AuditError, CheckpointError};
 pub use integrity::{last_good_head, start_new_trail};
 pub use lookup::find_event_hash;
+pub use pg::{PG_SCHEMA, PG_TABLES, init_trail, read_copy, read_db_checkpoints};
 pub use store::open_log_read_only;
 pub use verify::{
     ListFilter, TenantView, Verification, list_events, verify_log, visible_request_ids,

@@ -3,12 +3,152 @@
 
 use super::Event;
 use super::chain::{Head, event_hash, genesis_hash};
+use super::checkpoint::{Checkpoint, CheckpointSigner};
 pub use super::error::AuditError;
+use super::error::TrailMismatch;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const SCHEMA: &str = "
+/// A store's answer when it may find the stored trail is not one this
+/// writer can continue: the outer error is a failed write (retried), the
+/// inner one a refused trail (for good).
+pub(super) type Checked<T> = Result<Result<T, TrailMismatch>, AuditError>;
+
+/// Events written in one append.
+pub(super) struct Appended {
+    /// The last event written.
+    pub head: Head,
+    /// The sequence number of the first event written.
+    pub first: u64,
+    /// Each written event's hash, in order.
+    pub hashes: Vec<[u8; 32]>,
+}
+
+/// Where the writer keeps the trail: one SQLite file of its own, or a
+/// PostgreSQL database shared by replicas (`super::pg`). The writer's
+/// logic (queue, retries, refusal, checkpoints) is the same over both.
+pub(super) trait Store {
+    /// Appends `events` after the stored tail, once the stored chain has
+    /// been held to `head`, the last head this writer knew. `recent` are
+    /// (seq, hash) of the events it wrote since its last checkpoint.
+    fn append(
+        &mut self,
+        head: &Head,
+        recent: &VecDeque<(u64, [u8; 32])>,
+        events: &[&Event],
+    ) -> Checked<Appended>;
+
+    /// Verifies the stored chain from `verified` through `head` (to the
+    /// stored tail, for a shared trail) and makes a checkpoint of where it
+    /// ends; returns that head and the checkpoint.
+    fn checkpoint(
+        &mut self,
+        verified: &Head,
+        head: &Head,
+        signer: Option<&CheckpointSigner>,
+        is_final: bool,
+    ) -> Checked<(Head, Checkpoint)>;
+
+    /// Whether a clean stop ends the trail (a final checkpoint): not for a
+    /// trail other replicas go on writing.
+    fn writes_final(&self) -> bool {
+        true
+    }
+
+    /// How often `sweep` is due, for stores that have one.
+    fn sweep_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Housekeeping between appends (closing the calls of replicas that
+    /// died); the events written, if any.
+    fn sweep(&mut self, _head: &Head) -> Checked<Option<Appended>> {
+        Ok(Ok(None))
+    }
+}
+
+/// The SQLite trail: one file, one writer.
+pub(super) struct SqliteStore {
+    /// `None` after a failed write, until the file can be reopened.
+    conn: Option<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the trail at `path`, holds it to the last
+    /// checkpoint of `file` (a refusal is the inner error) and returns it
+    /// with its head.
+    pub(super) fn open(
+        path: &Path,
+        file: Option<&Path>,
+        our_key: Option<String>,
+    ) -> Result<(Self, Head, Option<TrailMismatch>), AuditError> {
+        let (conn, head) = init(path)?;
+        let refused = match super::integrity::check_at_start(&conn, &head, file, our_key) {
+            Ok(()) => None,
+            Err(AuditError::Mismatch(m)) => Some(m),
+            Err(e) => return Err(e),
+        };
+        let store = Self {
+            conn: Some(conn),
+            path: path.to_path_buf(),
+        };
+        Ok((store, head, refused))
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, AuditError> {
+        if self.conn.is_none() {
+            // Reopen after a failure: the fault may have needed it. The
+            // reopened trail must still end at the writer's head.
+            self.conn = Some(open_rw(&self.path).map_err(|e| AuditError::Write(e.to_string()))?);
+        }
+        Ok(self.conn.as_mut().expect("just opened"))
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(
+        &mut self,
+        head: &Head,
+        recent: &VecDeque<(u64, [u8; 32])>,
+        events: &[&Event],
+    ) -> Checked<Appended> {
+        let conn = self.conn()?;
+        match append(conn, head, events) {
+            Ok(Ok((h, hashes))) => Ok(Ok(Appended {
+                head: h,
+                first: head.seq + 1,
+                hashes,
+            })),
+            Ok(Err(found)) => {
+                let recent: Vec<(u64, [u8; 32])> = recent.iter().copied().collect();
+                Ok(Err(super::integrity::locate(conn, head, &recent, found)))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(AuditError::Write(e.to_string()))
+            }
+        }
+    }
+
+    fn checkpoint(
+        &mut self,
+        verified: &Head,
+        head: &Head,
+        signer: Option<&CheckpointSigner>,
+        is_final: bool,
+    ) -> Checked<(Head, Checkpoint)> {
+        let conn = self.conn()?;
+        if let Err(m) = super::integrity::verify_since(conn, verified, head) {
+            return Ok(Err(m));
+        }
+        Ok(Ok((*head, Checkpoint::new(head, signer, is_final))))
+    }
+}
+
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_meta (
     log_id TEXT NOT NULL,
     created_at TEXT NOT NULL,

@@ -2,16 +2,17 @@
 //! Callers enqueue events without blocking; those that must fail closed
 //! await the commit. Events that could not be written stay queued, within a
 //! byte bound, and are retried until they are. The writer only ever appends
-//! to the trail it left: a stored trail that differs from it (a cut tail, a
-//! forged or rewritten event) stops every write for good (`integrity`).
+//! to the trail it left (with a shared PostgreSQL trail, after the events
+//! of other replicas it has verified): a stored trail that differs from it
+//! (a cut tail, a forged or rewritten event) stops every write for good
+//! (`integrity`, `pg`). Where the trail is kept is the `store::Store` seam.
 
 use super::Event;
 use super::chain::Head;
 use super::checkpoint::{Checkpoint, CheckpointSigner};
-use super::integrity::{self, TrailMismatch};
-use super::store::{AuditError, append, init, open_rw};
+use super::integrity::TrailMismatch;
+use super::store::{Appended, AuditError, SqliteStore, Store};
 use crate::metrics::Metrics;
-use rusqlite::Connection;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -193,7 +194,42 @@ impl AuditWriter {
     /// writer starts refused (see `AuditHandle::mismatch`), so the server
     /// can say so through its health and metrics.
     pub fn start(path: &Path, instance: &str, config: WriterConfig) -> Result<Self, AuditError> {
-        let (conn, head) = init(path)?;
+        let path = path.to_path_buf();
+        let file = config.file.clone();
+        let key = config.signer.as_ref().map(CheckpointSigner::public_hex);
+        Self::launch(instance, config, move || {
+            let (store, head, refused) = SqliteStore::open(&path, file.as_deref(), key)?;
+            Ok((Box::new(store) as Box<dyn Store>, head, refused))
+        })
+    }
+
+    /// Opens a trail in PostgreSQL shared with other replicas (creating its
+    /// tables when the role may, docs/AUDIT.md "The PostgreSQL trail"),
+    /// holds it to its last checkpoint stored there, closes the calls of
+    /// replicas that died, and starts the writer thread.
+    pub fn start_pg(
+        connector: crate::db::PgConnector,
+        instance: &str,
+        config: WriterConfig,
+    ) -> Result<Self, AuditError> {
+        let key = config.signer.as_ref().map(CheckpointSigner::public_hex);
+        let instance_owned = instance.to_string();
+        Self::launch(instance, config, move || {
+            let (store, head, refused) = super::pg::PgStore::open(connector, &instance_owned, key)?;
+            Ok((Box::new(store) as Box<dyn Store>, head, refused))
+        })
+    }
+
+    /// Starts the writer thread over the store `open` makes on it (a
+    /// PostgreSQL store runs its own runtime there), and waits for it.
+    // Long: the thread's start and the handshake that reports it.
+    fn launch(
+        instance: &str,
+        config: WriterConfig,
+        open: impl FnOnce() -> Result<(Box<dyn Store>, Head, Option<TrailMismatch>), AuditError>
+        + Send
+        + 'static,
+    ) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let handle = AuditHandle {
             tx,
@@ -202,39 +238,60 @@ impl AuditWriter {
             queued: Arc::default(),
             max_queued: config.max_queued_bytes,
             metrics: config.metrics.clone(),
-            head: Arc::new(Mutex::new(head)),
+            head: Arc::new(Mutex::new(Head {
+                log_id: [0; 16],
+                seq: 0,
+                hash: [0; 32],
+            })),
             instance: Arc::from(instance),
         };
-        let mut writer = Writer {
-            conn: Some(conn),
-            path: path.to_path_buf(),
-            head,
-            verified: head,
-            recent: VecDeque::new(),
-            pending: VecDeque::new(),
-            next_checkpoint: Instant::now() + config.every,
-            last_checkpoint_seq: None,
-            config,
-            state: handle.clone(),
-        };
-        let conn = writer.conn.as_ref().expect("just opened");
-        match integrity::check_at_start(
-            conn,
-            &head,
-            writer.config.file.as_deref(),
-            writer.signer_key(),
-        ) {
-            Ok(()) => {}
-            Err(AuditError::Mismatch(m)) => writer.refuse_trail(m),
-            Err(e) => return Err(e),
-        }
+        let state = handle.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), AuditError>>();
         let join = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let (store, head, refused) = match open() {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                *state.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+                let now = Instant::now();
+                let mut writer = Writer {
+                    next_sweep: store.sweep_every().map(|every| now + every),
+                    store,
+                    head,
+                    verified: head,
+                    recent: VecDeque::new(),
+                    pending: VecDeque::new(),
+                    next_checkpoint: now + config.every,
+                    last_checkpoint_seq: None,
+                    config,
+                    state,
+                };
+                if let Some(m) = refused {
+                    writer.refuse_trail(m);
+                }
+                let _ = ready_tx.send(Ok(()));
+                writer.run(rx)
+            })
             .map_err(|e| AuditError::Open {
                 path: PathBuf::new(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = join.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = join.join();
+                return Err(AuditError::Stopped);
+            }
+        }
         Ok(Self {
             handle,
             join: Some(join),
@@ -262,10 +319,11 @@ struct Pending {
 
 /// The writer thread's state.
 struct Writer {
-    /// `None` after a failed write, until the store can be reopened.
-    conn: Option<Connection>,
-    path: PathBuf,
-    /// The last event this writer committed (or found and verified at start).
+    store: Box<dyn Store>,
+    /// When the store's housekeeping is next due, if it has any.
+    next_sweep: Option<Instant>,
+    /// The last event this writer committed, or the stored tail it last
+    /// verified (a shared trail grows by other replicas' events too).
     head: Head,
     /// The last checkpoint's head: the stored chain up to it was verified.
     verified: Head,
@@ -308,7 +366,13 @@ impl Writer {
             if due {
                 self.next_checkpoint = Instant::now() + self.config.every;
             }
-            if stopping && (self.pending.is_empty() || self.conn.is_none()) {
+            if let Some(at) = self.next_sweep
+                && Instant::now() >= at
+            {
+                self.sweep();
+            }
+            let failing = !self.state.healthy.load(Ordering::SeqCst);
+            if stopping && (self.pending.is_empty() || failing) {
                 self.stop();
                 return;
             }
@@ -318,9 +382,12 @@ impl Writer {
     /// Waits for commands (at most until the next checkpoint or retry) and
     /// takes what else is queued; true when the handles are all gone.
     fn receive(&self, rx: &mpsc::Receiver<Cmd>) -> (Vec<Cmd>, bool) {
+        let next = match self.next_sweep {
+            Some(s) => s.min(self.next_checkpoint),
+            None => self.next_checkpoint,
+        };
         let wait = if self.pending.is_empty() {
-            self.next_checkpoint
-                .saturating_duration_since(Instant::now())
+            next.saturating_duration_since(Instant::now())
         } else {
             RETRY_EVERY
         };
@@ -343,48 +410,64 @@ impl Writer {
     /// Writes the pending events in one transaction, after checking that
     /// the stored trail still ends where this writer left it.
     fn flush(&mut self) {
-        if self.conn.is_none() {
-            // Reopen after a failure: the fault may have needed it. The
-            // reopened trail must still end at our head.
-            match open_rw(&self.path) {
-                Ok(c) => self.conn = Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "audit store still unavailable");
-                    return self.failed(e.to_string());
-                }
-            }
-        }
-        let conn = self.conn.as_mut().expect("open");
         let t0 = Instant::now();
         let events: Vec<&Event> = self.pending.iter().map(|p| &*p.event).collect();
-        let result = append(conn, &self.head, &events);
+        let result = self.store.append(&self.head, &self.recent, &events);
         let m = &self.state.metrics;
         m.audit_write_seconds.observe(t0.elapsed().as_secs_f64());
         match result {
-            Ok(Ok((h, hashes))) => self.committed(h, hashes, t0),
-            Ok(Err(found)) => {
-                let recent: Vec<(u64, [u8; 32])> = self.recent.iter().copied().collect();
-                let mismatch = integrity::locate(conn, &self.head, &recent, found);
+            Ok(Ok(a)) => {
+                let first = a.first;
+                self.advance(a);
+                self.reply_committed(first, t0);
+            }
+            Ok(Err(mismatch)) => {
                 self.refuse_trail(mismatch);
                 self.drop_pending();
             }
             Err(e) => {
                 m.audit_write_failures.inc();
+                tracing::warn!(error = %e, "audit store cannot write");
                 self.failed(e.to_string());
             }
         }
     }
 
-    fn committed(&mut self, h: Head, hashes: Vec<[u8; 32]>, t0: Instant) {
-        let first = self.head.seq + 1;
-        for (i, hash) in hashes.into_iter().enumerate() {
+    /// The store's housekeeping; what it wrote moves the head.
+    fn sweep(&mut self) {
+        let Some(every) = self.store.sweep_every() else {
+            return;
+        };
+        self.next_sweep = Some(Instant::now() + every);
+        if self.state.mismatch.get().is_some() {
+            return;
+        }
+        match self.store.sweep(&self.head) {
+            Ok(Ok(Some(a))) => self.advance(a),
+            Ok(Ok(None)) => {}
+            Ok(Err(m)) => {
+                self.refuse_trail(m);
+                self.drop_pending();
+            }
+            Err(e) => tracing::warn!(error = %e, "audit housekeeping failed; retried later"),
+        }
+    }
+
+    /// Moves the head past events just written.
+    fn advance(&mut self, a: Appended) {
+        for (i, hash) in a.hashes.into_iter().enumerate() {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }
-            self.recent.push_back((first + i as u64, hash));
+            self.recent.push_back((a.first + i as u64, hash));
         }
-        self.head = h;
-        *self.state.head.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        self.head = a.head;
+        *self.state.head.lock().unwrap_or_else(|p| p.into_inner()) = a.head;
+    }
+
+    /// The pending events were committed from sequence number `first` on.
+    fn reply_committed(&mut self, first: u64, t0: Instant) {
+        let h = self.head;
         if !self.state.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!(seq = h.seq, "audit store writable again");
         }
@@ -406,7 +489,6 @@ impl Writer {
     /// A write failed: the events stay queued for the next try; those
     /// waiting for their commit learn that it failed.
     fn failed(&mut self, error: String) {
-        self.conn = None;
         if self.state.healthy.swap(false, Ordering::SeqCst) {
             tracing::error!(error = %error, queued = self.pending.len(), "audit store cannot write; keys are withheld until it can");
         }
@@ -451,13 +533,6 @@ impl Writer {
         self.state.queued.fetch_sub(dropped, Ordering::SeqCst);
     }
 
-    fn signer_key(&self) -> Option<String> {
-        self.config
-            .signer
-            .as_ref()
-            .map(CheckpointSigner::public_hex)
-    }
-
     /// Verifies the stored chain from the last checkpoint to the head, then
     /// signs and emits a checkpoint of the head. Never signs over a chain
     /// it has not verified.
@@ -465,16 +540,28 @@ impl Writer {
         if self.state.mismatch.get().is_some() {
             return None;
         }
-        let conn = self.conn.as_ref()?;
-        if let Err(m) = integrity::verify_since(conn, &self.verified, &self.head) {
-            self.refuse_trail(m);
-            self.drop_pending();
-            return None;
-        }
-        self.verified = self.head;
+        let is_final = last && self.store.writes_final();
+        let signer = self.config.signer.as_ref();
+        let (head, c) = match self
+            .store
+            .checkpoint(&self.verified, &self.head, signer, is_final)
+        {
+            Ok(Ok(done)) => done,
+            Ok(Err(m)) => {
+                self.refuse_trail(m);
+                self.drop_pending();
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a checkpoint now");
+                return None;
+            }
+        };
+        self.head = head;
+        *self.state.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+        self.verified = head;
         self.recent.clear();
-        self.last_checkpoint_seq = Some(self.head.seq);
-        let c = Checkpoint::new(&self.head, self.config.signer.as_ref(), last);
+        self.last_checkpoint_seq = Some(head.seq);
         tracing::info!(
             log_id = %c.log_id,
             seq = c.seq,

@@ -2,11 +2,16 @@
 
 use super::{CliError, CliResult};
 use case_export::audit::{
-    ListFilter, list_events, open_log_read_only, read_checkpoints, start_new_trail, verify_log,
+    Checkpoint, ListFilter, init_trail, list_events, open_log_read_only, read_checkpoints,
+    read_copy, start_new_trail, verify_log,
 };
+use case_export::db::{DbLocation, PasswordSource, PgConnector};
+use case_export::server::AUDIT_DB_PASSWORD_ENV;
 use clap::{Args, Subcommand};
+use rusqlite::Connection;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -23,6 +28,31 @@ pub enum AuditCommand {
     /// Start a new trail in place of one the server refused, recording the
     /// old log id and its last good head in its first event.
     NewTrail(NewTrailArgs),
+    /// Create a PostgreSQL trail's tables (as an administrator) and grant
+    /// the service's role what it needs: SELECT and INSERT.
+    Init(InitArgs),
+}
+
+/// Where a trail is, and how to reach it.
+#[derive(Debug, Args)]
+pub struct TrailArgs {
+    /// The audit database: a SQLite file, or a postgres:// URL (no
+    /// password in it).
+    #[arg(long)]
+    pub db: String,
+    /// File holding the PostgreSQL password; else the environment variable
+    /// CASE_EXPORT_AUDIT_DB_PASSWORD, else none.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub trail: TrailArgs,
+    /// The service's role, granted SELECT and INSERT on the trail's tables.
+    #[arg(long)]
+    pub grant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -40,10 +70,10 @@ pub struct NewTrailArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The audit database.
-    #[arg(long)]
-    pub db: PathBuf,
-    /// A checkpoints file (JSON lines) to check the log against.
+    #[command(flatten)]
+    pub trail: TrailArgs,
+    /// A checkpoints file (JSON lines) to check the log against. The
+    /// checkpoints stored in a PostgreSQL trail's database are checked too.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Hex Ed25519 public key the checkpoints must be signed with.
@@ -53,9 +83,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The audit database.
-    #[arg(long)]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub trail: TrailArgs,
     /// Only events of this case.
     #[arg(long = "case")]
     pub case_id: Option<String>,
@@ -78,7 +107,70 @@ pub fn run(a: AuditArgs) -> Result<u8, CliError> {
         AuditCommand::Verify(v) => verify(v),
         AuditCommand::List(l) => list(l).map(|_| 0),
         AuditCommand::NewTrail(n) => new_trail(n).map(|_| 0),
+        AuditCommand::Init(i) => init(i).map(|_| 0),
     }
+}
+
+fn cli_err(e: impl std::fmt::Display) -> CliError {
+    CliError::new(e.to_string())
+}
+
+impl TrailArgs {
+    fn location(&self) -> Result<DbLocation, CliError> {
+        DbLocation::parse(&self.db).map_err(|e| CliError::new(format!("--db: {e}")))
+    }
+
+    fn connector(&self) -> Result<Option<PgConnector>, CliError> {
+        let DbLocation::Postgres(url) = self.location()? else {
+            return Ok(None);
+        };
+        let password = PasswordSource {
+            file: self.password_file.as_deref(),
+            env: AUDIT_DB_PASSWORD_ENV,
+        }
+        .resolve()
+        .map_err(cli_err)?;
+        url.connector(password, Duration::from_secs(10), "case-export-audit")
+            .map(Some)
+            .map_err(|e| CliError::new(format!("--db: {e}")))
+    }
+
+    /// A read-only view of the trail and the checkpoints stored with it
+    /// (a PostgreSQL trail is read in one consistent read).
+    fn open(&self) -> Result<(Connection, Vec<Checkpoint>), CliError> {
+        match self.connector()? {
+            Some(c) => super::runtime()?.block_on(read_copy(&c)).map_err(cli_err),
+            None => open_log_read_only(&PathBuf::from(&self.db))
+                .map(|c| (c, Vec::new()))
+                .map_err(cli_err),
+        }
+    }
+}
+
+fn init(a: InitArgs) -> CliResult {
+    let Some(c) = a.trail.connector()? else {
+        return Err(CliError::new(
+            "--db: `audit init` creates a PostgreSQL trail: give a postgres:// URL (a SQLite \
+             trail is created by the server on its first start)",
+        ));
+    };
+    let created = super::runtime()?
+        .block_on(init_trail(&c, a.grant.as_deref()))
+        .map_err(cli_err)?;
+    println!(
+        "{} {}{}",
+        if created {
+            "created the custody trail in"
+        } else {
+            "the custody trail exists in"
+        },
+        c.url(),
+        a.grant
+            .as_deref()
+            .map(|g| format!("; role {g} may SELECT and INSERT on its tables"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn new_trail(a: NewTrailArgs) -> CliResult {
@@ -101,11 +193,10 @@ fn new_trail(a: NewTrailArgs) -> CliResult {
 }
 
 fn verify(a: VerifyArgs) -> Result<u8, CliError> {
-    let conn = open_log_read_only(&a.db).map_err(|e| CliError::new(e.to_string()))?;
-    let checkpoints = match &a.checkpoint {
-        Some(p) => read_checkpoints(p).map_err(|e| CliError::new(e.to_string()))?,
-        None => Vec::new(),
-    };
+    let (conn, mut checkpoints) = a.trail.open()?;
+    if let Some(p) = &a.checkpoint {
+        checkpoints.extend(read_checkpoints(p).map_err(|e| CliError::new(e.to_string()))?);
+    }
     let v = verify_log(&conn, &checkpoints, a.public_key.as_deref())
         .map_err(|e| CliError::new(e.to_string()))?;
     if let Some(first) = v.problems.first() {
@@ -117,10 +208,10 @@ fn verify(a: VerifyArgs) -> Result<u8, CliError> {
         };
         return Err(CliError::new(format!(
             "audit chain of {} is broken: {first}{tail}",
-            a.db.display()
+            a.trail.db
         )));
     }
-    let cp = if checkpoints.is_empty() {
+    let cp = if v.checkpoints_ok == 0 && checkpoints.is_empty() {
         String::new()
     } else {
         format!(", {} checkpoint(s) match", v.checkpoints_ok)
@@ -150,7 +241,7 @@ fn verify(a: VerifyArgs) -> Result<u8, CliError> {
 }
 
 fn list(a: ListArgs) -> CliResult {
-    let conn = open_log_read_only(&a.db).map_err(|e| CliError::new(e.to_string()))?;
+    let (conn, _) = a.trail.open()?;
     let filter = ListFilter {
         case_id: a.case_id,
         principal: a.principal,

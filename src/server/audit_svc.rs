@@ -6,8 +6,8 @@ use super::auth::Principal;
 use super::config::PrincipalConfig;
 use super::layer::CallContext;
 use crate::audit::{
-    AuditError, AuditHandle, Event, ListFilter, TenantView, list_events, open_log_read_only,
-    verify_log, visible_request_ids,
+    AuditError, AuditHandle, Checkpoint, Event, ListFilter, TenantView, list_events,
+    open_log_read_only, read_copy, verify_log, visible_request_ids,
 };
 use crate::pb::audit_service_server::AuditService;
 use crate::pb::{AuditEvent, ListEventsRequest, VerifyLogRequest, VerifyLogResponse};
@@ -26,10 +26,36 @@ const DEPTH: usize = 16;
 /// Response header giving the page size the server applied.
 pub const PAGE_LIMIT_HEADER: &str = "case-export-page-limit";
 
+/// Where the service reads the trail.
+#[derive(Clone, Debug)]
+pub enum TrailSource {
+    /// A SQLite trail, opened read-only per call.
+    Sqlite(PathBuf),
+    /// A PostgreSQL trail, read in one consistent read per call into an
+    /// in-memory copy, so both stores answer alike.
+    Postgres(Box<crate::db::PgConnector>),
+}
+
+impl TrailSource {
+    /// A read-only view of the trail, and the checkpoints stored with it.
+    async fn open(&self) -> Result<(Connection, Vec<Checkpoint>), AuditError> {
+        match self {
+            Self::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || open_log_read_only(&path))
+                    .await
+                    .map_err(|e| AuditError::Query(e.to_string()))?
+                    .map(|c| (c, Vec::new()))
+            }
+            Self::Postgres(connector) => read_copy(connector).await,
+        }
+    }
+}
+
 /// The gRPC audit service.
 #[derive(Clone)]
 pub struct AuditSvc {
-    pub(crate) audit_db: PathBuf,
+    pub(crate) audit_db: TrailSource,
     pub(crate) principals: std::sync::Arc<Vec<PrincipalConfig>>,
     /// Most events one `ListEvents` call returns.
     pub(crate) max_events: u64,
@@ -156,11 +182,7 @@ impl AuditService for AuditSvc {
         };
         // The first batch is read before answering, so that a bad filter
         // or an unreadable trail is the call's status.
-        let path = self.audit_db.clone();
-        let conn = tokio::task::spawn_blocking(move || open_log_read_only(&path))
-            .await
-            .map_err(unavailable)?
-            .map_err(read_error)?;
+        let (conn, _) = self.audit_db.open().await.map_err(read_error)?;
         let (mut conn, mut rows) = read_batch(conn, filter.clone()).await?;
         let (tx, rx) = mpsc::channel(DEPTH + 1);
         // Kept for the status that ends a failed page (see ExportSvc).
@@ -223,10 +245,10 @@ impl AuditService for AuditSvc {
     ) -> Result<Response<VerifyLogResponse>, Status> {
         let view = self.view_of(&request)?;
         attempt_on_record(request.extensions().get::<CallContext>()).await?;
-        let path = self.audit_db.clone();
+        let (conn, checkpoints) = self.audit_db.open().await.map_err(unavailable)?;
         let v = tokio::task::spawn_blocking(move || {
-            let conn = open_log_read_only(&path)?;
-            let mut v = verify_log(&conn, &[], None)?;
+            // A shared trail's checkpoints are stored with it, and hold it.
+            let mut v = verify_log(&conn, &checkpoints, None)?;
             // The chain's integrity is for every auditor; which calls are
             // open is event content, shown only where the caller may see it.
             if let Some(view) = view {
@@ -277,7 +299,7 @@ mod tests {
             .await
             .unwrap();
         let svc = AuditSvc {
-            audit_db: path,
+            audit_db: TrailSource::Sqlite(path),
             principals: Default::default(),
             max_events,
             send_timeout: Duration::from_secs(1),

@@ -28,6 +28,7 @@ pub use layer::code_name;
 use crate::audit::{
     AuditError, AuditHandle, AuditWriter, CheckpointSigner, Event, Kind, WriterConfig,
 };
+use crate::db::DbLocation;
 use crate::metrics::Metrics;
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::export_service_server::ExportServiceServer;
@@ -121,6 +122,8 @@ struct Prepared {
     refusals: Arc<RefusalLimiter>,
     summaries: JoinHandle<()>,
     open_calls: layer::OpenCalls,
+    /// Where AuditService reads the trail.
+    trail_source: audit_svc::TrailSource,
 }
 
 impl Prepared {
@@ -136,6 +139,16 @@ impl Prepared {
         let source = open_source(&config)?;
         let metrics = Metrics::new();
         let writer = open_trail(&config, metrics.clone())?;
+        let trail_source = match audit_connector(&config)? {
+            Some(c) => audit_svc::TrailSource::Postgres(Box::new(c)),
+            None => audit_svc::TrailSource::Sqlite(
+                config
+                    .audit_db
+                    .sqlite_path()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default(),
+            ),
+        };
         let audit = writer.handle();
         record_start(&config, &audit, listener).await?;
         let (phase, phase_rx) = PhaseSender::new();
@@ -181,6 +194,7 @@ impl Prepared {
             refusals,
             summaries,
             open_calls: layer::OpenCalls::default(),
+            trail_source,
         })
     }
 
@@ -273,11 +287,7 @@ impl Prepared {
         let config = &self.state.config;
         tonic::service::interceptor::InterceptedService::new(
             AuditServiceServer::new(AuditSvc {
-                audit_db: config
-                    .audit_db
-                    .sqlite_path()
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_default(),
+                audit_db: self.trail_source.clone(),
                 principals: Arc::new(config.principals.clone()),
                 max_events: config.audit_list_max_events,
                 send_timeout: config.send_timeout(),
@@ -375,22 +385,39 @@ fn open_trail(config: &Config, metrics: Arc<Metrics>) -> Result<AuditWriter, Ser
         .map(CheckpointSigner::from_file)
         .transpose()
         .map_err(AuditError::from)?;
-    let Some(audit_db) = config.audit_db.sqlite_path() else {
-        return Err(ServeError::Setup(
-            "audit_db: a PostgreSQL trail is not supported by this build".into(),
-        ));
+    let writer_config = WriterConfig {
+        every: Duration::from_secs(config.audit.checkpoint_interval_secs),
+        file: config.audit.checkpoint_file.clone(),
+        signer,
+        max_queued_bytes: config.audit.max_queued_bytes,
+        metrics,
     };
-    Ok(AuditWriter::start(
-        audit_db,
-        &instance_id(config),
-        WriterConfig {
-            every: Duration::from_secs(config.audit.checkpoint_interval_secs),
-            file: config.audit.checkpoint_file.clone(),
-            signer,
-            max_queued_bytes: config.audit.max_queued_bytes,
-            metrics,
-        },
-    )?)
+    let instance = instance_id(config);
+    Ok(match &config.audit_db {
+        DbLocation::Sqlite(path) => AuditWriter::start(path, &instance, writer_config)?,
+        DbLocation::Postgres(_) => {
+            let Some(connector) = audit_connector(config)? else {
+                return Err(ServeError::Setup("audit_db: not a PostgreSQL URL".into()));
+            };
+            AuditWriter::start_pg(connector, &instance, writer_config)?
+        }
+    })
+}
+
+/// A connector to the trail's PostgreSQL database, with its password;
+/// `None` for a SQLite trail.
+fn audit_connector(config: &Config) -> Result<Option<crate::db::PgConnector>, ServeError> {
+    let DbLocation::Postgres(url) = &config.audit_db else {
+        return Ok(None);
+    };
+    let pg = &config.postgres;
+    let password = pg
+        .audit_password()
+        .resolve()
+        .map_err(|e| ServeError::Setup(format!("audit_db: {e}")))?;
+    url.connector(password, pg.connect_timeout(), "case-export-audit")
+        .map(Some)
+        .map_err(|e| ServeError::Setup(format!("audit_db: {e}")))
 }
 
 /// The `server_start` event, committed before any call is taken. On a

@@ -21,6 +21,7 @@ mod observability;
 mod pg_faults;
 mod pg_seed;
 mod pg_source;
+mod pg_trail;
 mod python_interop;
 mod recipients;
 mod reliability;
