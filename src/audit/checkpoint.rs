@@ -49,6 +49,12 @@ impl CheckpointSigner {
     pub fn public_hex(&self) -> String {
         hex::encode(self.key.verifying_key().as_bytes())
     }
+
+    /// Signs an export receipt (under the receipt's own domain, so the
+    /// same key's checkpoint signatures cannot pass for receipts).
+    pub fn sign_receipt(&self, body: crate::receipt::ReceiptBody) -> crate::receipt::SignedReceipt {
+        crate::receipt::sign(body, &self.key)
+    }
 }
 
 /// The head of one log at one moment, optionally signed.

@@ -1,21 +1,19 @@
 //! Finds one event of a trail for a receipt check: the trail must verify,
 //! be the receipt's log, and hold the event.
 
-use super::{AuditError, open_log_read_only, verify_log};
-use crate::db::DbLocation;
+use super::{AuditError, verify_log};
+use rusqlite::Connection;
 
-/// The hash (hex) of event `seq` of the trail at `db`, once the whole
-/// chain verified; `None` when the trail is another log or has no such
-/// event. A broken chain is an error naming its first problem.
-pub fn find_event_hash(db: &str, log_id: &str, seq: u64) -> Result<Option<String>, AuditError> {
-    let location = DbLocation::parse(db).map_err(|e| AuditError::Query(e.to_string()))?;
-    let DbLocation::Sqlite(path) = location else {
-        return Err(AuditError::Query(
-            "a PostgreSQL trail cannot be read by this build".into(),
-        ));
-    };
-    let conn = open_log_read_only(&path)?;
-    let v = verify_log(&conn, &[], None)?;
+/// The hash (hex) of event `seq` of the trail open on `conn` (a SQLite
+/// trail, or the copy of a PostgreSQL one), once the whole chain verified;
+/// `None` when the trail is another log or has no such event. A broken
+/// chain is an error naming its first problem.
+pub fn find_event_hash(
+    conn: &Connection,
+    log_id: &str,
+    seq: u64,
+) -> Result<Option<String>, AuditError> {
+    let v = verify_log(conn, &[], None)?;
     if let Some(first) = v.problems.first() {
         return Err(AuditError::Corrupt(format!(
             "the chain does not verify: {first}"

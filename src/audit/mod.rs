@@ -23,7 +23,7 @@ pub use store::open_log_read_only;
 pub use verify::{
     ListFilter, TenantView, Verification, list_events, verify_log, visible_request_ids,
 };
-pub use writer::{AuditHandle, AuditWriter, WriterConfig};
+pub use writer::{AuditHandle, AuditWriter, Committed, WriterConfig};
 
 use serde::Serialize;
 

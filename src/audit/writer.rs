@@ -58,7 +58,18 @@ impl Default for WriterConfig {
     }
 }
 
-type Reply = oneshot::Sender<Result<u64, AuditError>>;
+type Reply = oneshot::Sender<Result<Committed, AuditError>>;
+
+/// Where a committed event sits in the chain: what a receipt names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The trail's log id.
+    pub log_id: [u8; 16],
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The event's hash.
+    pub hash: [u8; 32],
+}
 
 enum Cmd {
     Append(Box<Event>, u64, Option<Reply>),
@@ -128,14 +139,14 @@ impl AuditHandle {
     }
 
     /// Queues an event and returns a receiver for its commit.
-    pub fn record_acked(&self, e: Event) -> oneshot::Receiver<Result<u64, AuditError>> {
+    pub fn record_acked(&self, e: Event) -> oneshot::Receiver<Result<Committed, AuditError>> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(e, Some(tx));
         rx
     }
 
     /// Queues an event and waits for its commit (sequence number).
-    pub async fn commit(&self, e: Event) -> Result<u64, AuditError> {
+    pub async fn commit(&self, e: Event) -> Result<Committed, AuditError> {
         self.record_acked(e)
             .await
             .unwrap_or(Err(AuditError::Stopped))
@@ -417,9 +428,9 @@ impl Writer {
         m.audit_write_seconds.observe(t0.elapsed().as_secs_f64());
         match result {
             Ok(Ok(a)) => {
-                let first = a.first;
+                let (first, hashes) = (a.first, a.hashes.clone());
                 self.advance(a);
-                self.reply_committed(first, t0);
+                self.reply_committed(first, &hashes, t0);
             }
             Ok(Err(mismatch)) => {
                 self.refuse_trail(mismatch);
@@ -466,7 +477,7 @@ impl Writer {
     }
 
     /// The pending events were committed from sequence number `first` on.
-    fn reply_committed(&mut self, first: u64, t0: Instant) {
+    fn reply_committed(&mut self, first: u64, hashes: &[[u8; 32]], t0: Instant) {
         let h = self.head;
         if !self.state.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!(seq = h.seq, "audit store writable again");
@@ -475,7 +486,11 @@ impl Writer {
         for (i, p) in self.pending.drain(..).enumerate() {
             written += p.size;
             if let Some(r) = p.reply {
-                let _ = r.send(Ok(first + i as u64));
+                let _ = r.send(Ok(Committed {
+                    log_id: h.log_id,
+                    seq: first + i as u64,
+                    hash: hashes.get(i).copied().unwrap_or_default(),
+                }));
             }
         }
         self.state.queued.fetch_sub(written, Ordering::SeqCst);

@@ -137,7 +137,7 @@ impl TrailArgs {
 
     /// A read-only view of the trail and the checkpoints stored with it
     /// (a PostgreSQL trail is read in one consistent read).
-    fn open(&self) -> Result<(Connection, Vec<Checkpoint>), CliError> {
+    pub(super) fn open(&self) -> Result<(Connection, Vec<Checkpoint>), CliError> {
         match self.connector()? {
             Some(c) => super::runtime()?.block_on(read_copy(&c)).map_err(cli_err),
             None => open_log_read_only(&PathBuf::from(&self.db))

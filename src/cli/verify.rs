@@ -30,6 +30,10 @@ pub struct VerifyArgs {
     /// up to it.
     #[arg(long)]
     pub audit_db: Option<String>,
+    /// File holding the trail's PostgreSQL password; else the variable
+    /// CASE_EXPORT_AUDIT_DB_PASSWORD.
+    #[arg(long, requires = "audit_db")]
+    pub password_file: Option<PathBuf>,
 }
 
 pub fn run(a: VerifyArgs) -> Result<u8, CliError> {
@@ -45,7 +49,7 @@ pub fn run(a: VerifyArgs) -> Result<u8, CliError> {
     check_file(&a.file, &receipt)?;
     let r = &receipt.receipt;
     if let Some(db) = &a.audit_db {
-        check_trail(db, &receipt)?;
+        check_trail(db, a.password_file.clone(), &receipt)?;
     }
     println!(
         "ok: {} is the export the receipt describes",
@@ -138,9 +142,18 @@ fn check_file(path: &Path, receipt: &SignedReceipt) -> Result<(), CliError> {
 }
 
 /// The trail holds the receipt's event with its hash, and verifies to it.
-fn check_trail(db: &str, receipt: &SignedReceipt) -> Result<(), CliError> {
+fn check_trail(
+    db: &str,
+    password_file: Option<PathBuf>,
+    receipt: &SignedReceipt,
+) -> Result<(), CliError> {
     let r = &receipt.receipt;
-    let found = case_export::audit::find_event_hash(db, &r.log_id, r.sealed_seq)
+    let (conn, _) = super::audit::TrailArgs {
+        db: db.to_owned(),
+        password_file,
+    }
+    .open()?;
+    let found = case_export::audit::find_event_hash(&conn, &r.log_id, r.sealed_seq)
         .map_err(|e| CliError::new(format!("audit trail {db}: {e}")))?;
     match found {
         Some(hash) if hash == r.sealed_hash => Ok(()),

@@ -33,7 +33,7 @@ pub struct CallInfo {
     pub detail: serde_json::Map<String, serde_json::Value>,
 }
 
-type Ack = oneshot::Receiver<Result<u64, AuditError>>;
+type Ack = oneshot::Receiver<Result<crate::audit::Committed, AuditError>>;
 
 /// Per-call context, placed in the request extensions by the layer.
 #[derive(Clone)]
@@ -116,7 +116,7 @@ impl CallContext {
     }
 
     /// Waits until the attempt event is committed (fail closed).
-    pub async fn attempt_committed(&self) -> Result<u64, AuditError> {
+    pub async fn attempt_committed(&self) -> Result<crate::audit::Committed, AuditError> {
         let rx = self.ack.lock().unwrap_or_else(|p| p.into_inner()).take();
         match rx {
             Some(rx) => rx.await.unwrap_or(Err(AuditError::Stopped)),

@@ -137,6 +137,11 @@ impl Prepared {
             + usize::from(config.metrics_listen.is_some());
         conn::ensure_fd_limit(config.max_connections, listeners);
         let source = open_source(&config)?;
+        let receipt_signer = config
+            .receipt_key_file()
+            .map(CheckpointSigner::from_file)
+            .transpose()
+            .map_err(|e| ServeError::Setup(format!("receipt key: {e}")))?;
         let metrics = Metrics::new();
         let writer = open_trail(&config, metrics.clone())?;
         let trail_source = match audit_connector(&config)? {
@@ -161,6 +166,7 @@ impl Prepared {
             principal_slots: slots::PrincipalSlots::new(&config),
             metrics,
             source,
+            receipt_signer,
         });
         if config.principals.is_empty() {
             warn!(

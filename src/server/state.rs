@@ -60,6 +60,8 @@ pub(crate) struct ServerState {
     pub metrics: Arc<Metrics>,
     /// The case database exports read.
     pub source: CaseSource,
+    /// Signs export receipts, when a receipt key is configured.
+    pub receipt_signer: Option<crate::audit::CheckpointSigner>,
 }
 
 impl ServerState {

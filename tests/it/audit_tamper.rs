@@ -110,7 +110,8 @@ fn build_log() -> Log {
             .record_acked(e)
             .blocking_recv()
             .expect("writer answers")
-            .expect("committed");
+            .expect("committed")
+            .seq;
         expected += 1;
         assert_eq!(seq, expected);
     };
@@ -921,6 +922,7 @@ fn append_one(w: &AuditWriter) -> Result<u64, case_export::audit::AuditError> {
         .record_acked(call_event(Kind::Attempt, "r9", "-"))
         .blocking_recv()
         .expect("writer answers")
+        .map(|c| c.seq)
 }
 
 /// Asserts the writer refuses the trail, naming `seq` as the first event

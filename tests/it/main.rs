@@ -23,6 +23,7 @@ mod pg_seed;
 mod pg_source;
 mod pg_trail;
 mod python_interop;
+mod receipts;
 mod recipients;
 mod reliability;
 mod seal_format;

@@ -83,16 +83,16 @@ async fn two_writers_interleave_into_one_chain() {
             let h = h.clone();
             let rid = format!("{name}-{i}");
             calls.push(tokio::spawn(async move {
-                let seq = h.commit(attempt(&rid)).await.expect("committed");
-                (seq, rid)
+                let c = h.commit(attempt(&rid)).await.expect("committed");
+                (c, rid)
             }));
         }
     }
     let mut by_seq = BTreeMap::new();
     for c in calls {
-        let (seq, rid) = c.await.expect("task");
+        let (c, rid) = c.await.expect("task");
         assert!(
-            by_seq.insert(seq, rid).is_none(),
+            by_seq.insert(c.seq, (rid, hex::encode(c.hash))).is_none(),
             "a sequence number given twice"
         );
     }
@@ -101,20 +101,25 @@ async fn two_writers_interleave_into_one_chain() {
     // Each writer's server_start is absent (no server here): exactly the
     // 2N committed events, seq 1..=2N, each where its commit said.
     assert_eq!(events.len(), 2 * N);
-    for (i, (seq, e, _)) in events.iter().enumerate() {
+    for (i, (seq, e, hash)) in events.iter().enumerate() {
         assert_eq!(*seq, i as u64 + 1, "contiguous");
-        assert_eq!(by_seq.get(seq), Some(&e.request_id), "event {seq}");
+        // Each commit answered with the event's place and stored hash.
+        assert_eq!(
+            by_seq.get(seq),
+            Some(&(e.request_id.clone(), hash.clone())),
+            "event {seq}"
+        );
     }
     let instances: BTreeSet<&str> = events.iter().map(|(_, e, _)| e.instance.as_str()).collect();
     assert_eq!(instances, BTreeSet::from(["writer-a", "writer-b"]));
     // Both writers' heads are the shared tail after one more write each.
-    let sa = ha.commit(attempt("a-last")).await.unwrap();
-    let sb = hb.commit(attempt("b-last")).await.unwrap();
+    let sa = ha.commit(attempt("a-last")).await.unwrap().seq;
+    let sb = hb.commit(attempt("b-last")).await.unwrap().seq;
     assert_eq!((sa, sb), (2 * N as u64 + 1, 2 * N as u64 + 2));
     // A clean stop checkpoints the shared chain in the database, never
     // as final: the other writer goes on.
     stop_writer(a).await;
-    let sc = hb.commit(attempt("b-after")).await.unwrap();
+    let sc = hb.commit(attempt("b-after")).await.unwrap().seq;
     assert_eq!(sc, 2 * N as u64 + 3);
     stop_writer(b).await;
     let (conn, checkpoints) = read_copy(&connector(&db.url)).await.unwrap();

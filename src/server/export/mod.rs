@@ -61,6 +61,7 @@ pub(super) struct Admitted {
     recipients: Vec<String>,
     principal: Option<Principal>,
     case_id: String,
+    purpose: String,
     deadline: Deadline,
     /// RFC 3339 UTC; in the header and the manifest.
     created_at: String,
@@ -131,6 +132,7 @@ async fn admit(
         recipients,
         principal,
         case_id: req.case_id,
+        purpose: req.purpose,
         deadline,
         created_at: crate::audit::now_rfc3339(),
         export_id,

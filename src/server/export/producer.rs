@@ -4,9 +4,10 @@
 
 use super::outbox::{ExportStream, Item, Outbox, Stop};
 use super::{Admitted, header};
-use crate::audit::{AuditError, Kind};
+use crate::audit::{AuditError, Committed, Kind};
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::{EncryptedChunk, ExportCaseResponse, ExportKey};
+use crate::receipt::{RECEIPT_VERSION, ReceiptBody};
 use crate::seal::{FORMAT_VERSION, KEY_WARNING, SealSummary, Sealer, SecretKey};
 use crate::server::budget::Reservation;
 use crate::server::error::ExportError;
@@ -94,10 +95,64 @@ fn produce(
     let summary = seal_and_stream(st, out, call, &key, &mut snapshot)?;
     let wrapped = wrap_key(call, &key)?;
     let detail = custody_detail(&snapshot, &summary, &call.recipients);
+    let unsigned = receipt_body(st, call, &snapshot, &summary);
     // Free the plaintext before the key goes out.
     drop(snapshot);
-    record_custody(st, out, call, detail)?;
-    release_key(out, &key, &summary, wrapped, &call.recipients)
+    let sealed = record_custody(st, out, call, detail)?;
+    let receipt = sign_receipt(st, unsigned, sealed);
+    release_key(out, &key, &summary, wrapped, &call.recipients, receipt)
+}
+
+/// What the receipt will say, but for the `sealed` event's place in the
+/// trail, which is known once it commits.
+fn receipt_body(
+    st: &ServerState,
+    call: &Admitted,
+    snapshot: &Snapshot,
+    s: &SealSummary,
+) -> Option<ReceiptBody> {
+    st.receipt_signer.as_ref()?;
+    Some(ReceiptBody {
+        receipt_version: RECEIPT_VERSION,
+        log_id: String::new(),
+        sealed_seq: 0,
+        sealed_hash: String::new(),
+        export_id: call.eid.clone(),
+        case_id: call.case_id.clone(),
+        tenant: snapshot.tenant.clone(),
+        principal: call
+            .principal
+            .as_ref()
+            .map_or("-", |p| p.name.as_str())
+            .to_owned(),
+        on_behalf_of: call
+            .principal
+            .as_ref()
+            .and_then(|p| p.on_behalf_of.clone())
+            .unwrap_or_default(),
+        purpose: call.purpose.clone(),
+        created_at: call.created_at.clone(),
+        recipients: call.recipients.clone(),
+        plaintext_size: s.plaintext_size,
+        ciphertext_sha256: hex::encode(s.sha256),
+        ciphertext_size: s.ciphertext_size,
+        chunk_count: s.chunks,
+        format_version: u64::from(FORMAT_VERSION),
+        row_counts: snapshot.row_counts.iter().cloned().collect(),
+        server_instance: st.audit.instance().to_owned(),
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// The receipt signed, naming the committed `sealed` event.
+fn sign_receipt(st: &ServerState, body: Option<ReceiptBody>, sealed: Committed) -> String {
+    let (Some(mut body), Some(signer)) = (body, st.receipt_signer.as_ref()) else {
+        return String::new();
+    };
+    body.log_id = hex::encode(sealed.log_id);
+    body.sealed_seq = sealed.seq;
+    body.sealed_hash = hex::encode(sealed.hash);
+    signer.sign_receipt(body).to_json()
 }
 
 /// The key sealed to the call's recipients, when it has any.
@@ -175,7 +230,7 @@ fn record_custody(
     out: &Outbox,
     call: &Admitted,
     detail: serde_json::Value,
-) -> Result<(), End> {
+) -> Result<Committed, End> {
     call.ctx.note(|i| {
         if let serde_json::Value::Object(m) = &detail {
             i.detail.extend(m.clone());
@@ -191,11 +246,10 @@ fn record_custody(
         .record_acked(sealed)
         .blocking_recv()
         .unwrap_or(Err(AuditError::Stopped));
-    if let Err(e) = committed {
+    committed.map_err(|e| {
         tracing::error!(error = %e, "custody record not committed; key withheld");
-        return Err(End::Fail(ExportError::AuditUnavailable));
-    }
-    Ok(())
+        End::Fail(ExportError::AuditUnavailable)
+    })
 }
 
 /// The key message, last: the key raw, or only sealed to its recipients.
@@ -205,6 +259,7 @@ fn release_key(
     summary: &SealSummary,
     wrapped: Option<Vec<u8>>,
     recipients: &[String],
+    receipt: String,
 ) -> Result<(), End> {
     let fernet_key = match wrapped {
         Some(_) => String::new(),
@@ -218,7 +273,7 @@ fn release_key(
         warning: KEY_WARNING.to_string(),
         wrapped_key: wrapped.unwrap_or_default(),
         sealed_to: recipients.to_vec(),
-        receipt: String::new(),
+        receipt,
     };
     out.send(msg(Msg::Key(key_msg)))
         .map_err(|s| End::from_stop(s, "before the key"))?;
