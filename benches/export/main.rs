@@ -11,7 +11,7 @@
 //! Options (after `--`):
 //!   --quick              smaller sizes and fewer reps (about 2 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
-//!                        snapshot, memory, load, pg (default: all; pg
+//!                        snapshot, memory, load, keys, pg (default: all; pg
 //!                        needs the PostgreSQL of CASE_EXPORT_TEST_PG)
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
@@ -42,6 +42,7 @@ mod chunks;
 mod e2e;
 mod env;
 mod external;
+mod keys;
 mod load;
 mod memory;
 mod opts;
@@ -59,10 +60,11 @@ use chunks::chunk_section;
 use e2e::e2e_section;
 use env::{CaseDb, Env, SnapData, snapshot_data};
 use external::external_section;
+use keys::keys_section;
 use load::load_section;
 use memory::memory_section;
 use opts::Opts;
-use pg::pg_section;
+use pg::{pg_section, replicas_section};
 use profile::profile;
 use report::{Report, machine, markdown, mib};
 use seal::{cost_section, seal_section};
@@ -183,9 +185,15 @@ fn main() {
         eprintln!("== load");
         load_section(&mut r, &env, &opts);
     }
+    if opts.wants("keys") {
+        eprintln!("== keys sealed to recipients");
+        keys_section(&mut r, &mut env, &opts);
+    }
     if opts.wants("pg") {
         eprintln!("== PostgreSQL");
         pg_section(&mut r, &mut env, &opts);
+        eprintln!("== replicas sharing a PostgreSQL trail");
+        replicas_section(&mut r, &mut env, &opts);
     }
 
     let elapsed = started.elapsed().as_secs_f64();

@@ -297,3 +297,182 @@ fn pg_memory(r: &mut Report, env: &mut Env, opts: &Opts) {
         ],
     );
 }
+
+/// Concurrent committers per writer in the trail rate runs: each waits for
+/// its event's commit, as an export's steps do.
+const COMMITTERS: usize = 16;
+
+/// Events per second committed to one PostgreSQL trail by `replicas`
+/// writers (one per replica, as in `serve`), each with [`COMMITTERS`]
+/// callers waiting on their commits.
+fn trail_rate(env: &Env, url: &str, replicas: usize, events: usize, run: usize) -> f64 {
+    use case_export::audit::{AuditWriter, Event, Kind, WriterConfig};
+    let writers: Vec<AuditWriter> = (0..replicas)
+        .map(|i| {
+            AuditWriter::start_pg(
+                connector(url),
+                &format!("bench-r{run}-w{i}"),
+                WriterConfig::default(),
+            )
+            .expect("a PostgreSQL trail writer")
+        })
+        .collect();
+    let per_task = events / (replicas * COMMITTERS);
+    let t = Instant::now();
+    env.client_rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (w, writer) in writers.iter().enumerate() {
+            for c in 0..COMMITTERS {
+                let h = writer.handle();
+                tasks.push(tokio::spawn(async move {
+                    for k in 0..per_task {
+                        // A whole refused call in one event, so no sweep
+                        // takes it for an open call.
+                        let mut e = Event::new(Kind::Denied, format!("b{run}-{w}-{c}-{k}"));
+                        e.code = Some("UNAUTHENTICATED".into());
+                        h.commit(e).await.expect("committed");
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("committer");
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    for w in writers {
+        w.shutdown();
+    }
+    (per_task * replicas * COMMITTERS) as f64 / secs
+}
+
+/// Trail appends per second with one and three replicas, and exports per
+/// minute across three replicas sharing one PostgreSQL trail.
+pub fn replicas_section(r: &mut Report, env: &mut Env, opts: &Opts) {
+    let s = r.section(
+        "One custody trail in PostgreSQL for several replicas",
+        "Appends: events committed per second to one PostgreSQL trail by 1 and \
+         by 3 writers (one per replica, each with 16 callers waiting on their \
+         commits, as export steps wait), interleaved rep by rep; every append \
+         takes the append lock and checks the chain since the writer's last \
+         head. Exports: `case-export serve` children sharing that trail, 6 \
+         clients exporting a small demo case in a loop, spread over 1 and \
+         over 3 replicas.",
+        &["what", "1 replica", "3 replicas", "ratio"],
+    );
+    let admin = pg_admin_url();
+    let name = format!("ce_bench_trail_{}", std::process::id());
+    let url = with_dbname(&admin, &name);
+    env.client_rt.block_on(async {
+        pg_connect(&admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create the trail database");
+    });
+    let events = if opts.quick { 960 } else { 4800 };
+    // Every writer needs an instance id of its own.
+    let run = std::cell::Cell::new(0);
+    let next = || {
+        run.set(run.get() + 1);
+        run.get()
+    };
+    let m = interleaved(
+        opts.reps(0),
+        &mut [
+            ("one", &mut || {
+                1.0 / trail_rate(env, &url, 1, events, next())
+            }),
+            ("three", &mut || {
+                1.0 / trail_rate(env, &url, 3, events, next())
+            }),
+        ],
+    );
+    let (one, three) = (1.0 / m[0], 1.0 / m[1]);
+    r.metric("trail_appends_per_s_1", one);
+    r.metric("trail_appends_per_s_3", three);
+    r.row(
+        s,
+        vec![
+            "trail appends per second".into(),
+            format!("{one:.0}"),
+            format!("{three:.0}"),
+            f2(three / one),
+        ],
+    );
+    let db = env.case_db(20, 200);
+    let per_min = |replicas: usize| exports_per_minute(env, &db, &url, replicas, opts);
+    let (e1, e3) = (per_min(1), per_min(3));
+    r.metric("exports_per_min_1", e1);
+    r.metric("exports_per_min_3", e3);
+    r.row(
+        s,
+        vec![
+            "exports per minute (small case)".into(),
+            format!("{e1:.0}"),
+            format!("{e3:.0}"),
+            f2(e3 / e1),
+        ],
+    );
+    r.contention(s);
+    env.client_rt.block_on(async {
+        let _ = pg_connect(&admin)
+            .await
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    });
+}
+
+/// Exports per minute by 6 looping clients spread over `replicas` servers
+/// that share the trail at `trail`.
+fn exports_per_minute(env: &Env, db: &CaseDb, trail: &str, replicas: usize, opts: &Opts) -> f64 {
+    use crate::support::{ServerProcess, write_config};
+    let dirs: Vec<tempfile::TempDir> = (0..replicas).map(|_| env.tempdir()).collect();
+    let servers: Vec<ServerProcess> = dirs
+        .iter()
+        .map(|d| {
+            let config = write_config(&d.path().join("config.toml"), "max_in_flight = 8\n");
+            ServerProcess::start_custom(
+                &config,
+                &db.path,
+                std::path::Path::new(trail),
+                d.path(),
+                &[],
+                |cmd| {
+                    cmd.env("RUST_LOG", "warn");
+                },
+            )
+        })
+        .collect();
+    let urls: Vec<String> = servers.iter().map(ServerProcess::url).collect();
+    let per_client = if opts.quick { 10 } else { 30 };
+    let case_id = db.case_ids[0].clone();
+    let t = Instant::now();
+    env.client_rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..6 {
+            let url = urls[c % urls.len()].clone();
+            let case_id = case_id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = ExportClient::connect_with(&url, test_client_options())
+                    .await
+                    .expect("connect");
+                for _ in 0..per_client {
+                    let mut sink = tokio::io::sink();
+                    client
+                        .export_case(&case_id, PURPOSE, &mut sink, |_, _| {})
+                        .await
+                        .expect("export");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client");
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    for s in servers {
+        let _ = s.terminate();
+    }
+    (6 * per_client) as f64 * 60.0 / secs
+}
