@@ -303,3 +303,35 @@ async fn a_caller_without_recipients_sees_the_stream_it_always_saw() {
     assert_eq!(old_key.ciphertext_size, key.ciphertext_size);
     assert!(!old_key.warning.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_public_key_is_a_recipient_and_its_private_key_opens_the_export() {
+    let server = start_server(|_| {}).await;
+    let case_id = server.case_ids[2].clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("id_ed25519");
+    let o = run(std::process::Command::new(ssh_keygen())
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "analyst", "-f"])
+        .arg(&key));
+    assert!(o.status.success(), "ssh-keygen: {}", stderr_of(&o));
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let receipt = export_to(
+        &server.url,
+        &case_id,
+        with_recipients(&[public.trim()]),
+        dir.path(),
+    )
+    .await;
+    assert!(receipt.key.is_none());
+    let o = run(bin()
+        .arg("view")
+        .arg(receipt.path.as_ref().unwrap())
+        .arg("--identity")
+        .arg(&key));
+    assert!(
+        o.status.success(),
+        "view --identity id_ed25519: {}",
+        stderr_of(&o)
+    );
+    assert!(stdout_of(&o).contains(&case_id));
+}

@@ -168,70 +168,86 @@ pub fn grpcurl() -> PathBuf {
 }
 
 /// The stock `age` tool (Debian's package `age`): `$AGE` if set, else
-/// `age` on `PATH`, else the package's binary fetched on first use with
-/// `apt-get download` and unpacked under the tools directory (nothing is
-/// installed system-wide; `apt-get update` runs first if the package lists
-/// are missing).
+/// `age` on `PATH`, else fetched on first use (see [`debian_tool`]).
 pub fn age() -> PathBuf {
-    let works = |p: &Path| {
-        Command::new(p)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
     if let Some(p) = std::env::var_os("AGE").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(works(&p), "AGE={} does not run `--version`", p.display());
+        assert!(
+            answers(&p, "--version"),
+            "AGE={} does not run `--version`",
+            p.display()
+        );
         return p;
     }
-    if let Some(p) = on_path("age").filter(|p| works(p)) {
+    debian_tool("age", "age", "--version")
+}
+
+/// `ssh-keygen` (Debian's package `openssh-client`), for SSH recipients.
+pub fn ssh_keygen() -> PathBuf {
+    debian_tool("openssh-client", "ssh-keygen", "-?")
+}
+
+/// Whether `p arg` runs (ssh-keygen answers `-?` with its usage and
+/// status 1: running at all is what counts).
+fn answers(p: &Path, arg: &str) -> bool {
+    Command::new(p)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
+}
+
+/// `bin` on `PATH`, else the binary of Debian's package `pkg`, fetched on
+/// first use with `apt-get download` and unpacked under the tools
+/// directory: nothing is installed system-wide (`apt-get update` runs
+/// first if the package lists are missing).
+fn debian_tool(pkg: &str, bin: &str, probe: &str) -> PathBuf {
+    if let Some(p) = on_path(bin).filter(|p| answers(p, probe)) {
         return p;
     }
-    let dir = tools_dir().join("age");
-    let bin = dir.join("root/usr/bin/age");
-    if works(&bin) {
-        return bin;
+    let dir = tools_dir().join(pkg);
+    let path = dir.join("root/usr/bin").join(bin);
+    if answers(&path, probe) {
+        return path;
     }
-    std::fs::create_dir_all(&dir).expect("create the age tools directory");
-    let lock = std::fs::File::create(dir.join("lock")).expect("create the age lock");
-    lock.lock().expect("lock the age tools directory");
-    if works(&bin) {
-        return bin;
+    std::fs::create_dir_all(&dir).expect("create the tools directory");
+    let lock = std::fs::File::create(dir.join("lock")).expect("create the tools lock");
+    lock.lock().expect("lock the tools directory");
+    if answers(&path, probe) {
+        return path;
     }
     let download = || {
         Command::new("apt-get")
-            .args(["download", "-qq", "age"])
+            .args(["download", "-qq", pkg])
             .current_dir(&dir)
             .stdin(Stdio::null())
             .output()
     };
-    let mut o = download().expect("run apt-get (the age tests need Debian's age package)");
+    let mut o = download().unwrap_or_else(|e| panic!("run apt-get download {pkg}: {e}"));
     if !o.status.success() {
         let _ = run(Command::new("apt-get").args(["update", "-qq"]));
-        o = download().expect("run apt-get download age");
+        o = download().unwrap_or_else(|e| panic!("run apt-get download {pkg}: {e}"));
     }
     assert!(
         o.status.success(),
-        "cannot fetch Debian's age package ({}): install `age` (apt-get install age) \
-         or set AGE=/path/to/age",
+        "cannot fetch Debian's {pkg} package ({}): install it, or put {bin} on PATH",
         stderr_of(&o).trim()
     );
     let deb = std::fs::read_dir(&dir)
-        .expect("read the age tools directory")
+        .expect("read the tools directory")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .expect("apt-get download left an age .deb");
+        .unwrap_or_else(|| panic!("apt-get download left no {pkg} .deb"));
     let o = run(Command::new("dpkg-deb")
         .arg("-x")
         .arg(&deb)
         .arg(dir.join("root")));
     assert!(o.status.success(), "dpkg-deb -x: {}", stderr_of(&o));
     assert!(
-        works(&bin),
-        "the age package holds no working {}",
-        bin.display()
+        answers(&path, probe),
+        "the {pkg} package holds no working {}",
+        path.display()
     );
-    bin
+    path
 }
