@@ -18,6 +18,7 @@ mod fernet_vectors;
 mod grpcurl;
 mod hostile_input;
 mod observability;
+mod pg_compare;
 mod pg_faults;
 mod pg_seed;
 mod pg_source;
