@@ -77,12 +77,16 @@ fn pg_case_db(env: &Env, db: &CaseDb) -> String {
             return;
         }
         let part = format!("{name}_partial");
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{part}\"; CREATE DATABASE \"{part}\""
-            ))
-            .await
-            .expect("create the bench database");
+        // One statement each: neither may run inside a transaction block.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS \"{part}\""),
+            format!("CREATE DATABASE \"{part}\""),
+        ] {
+            client
+                .batch_execute(&sql)
+                .await
+                .expect("create the bench database");
+        }
         let t = Instant::now();
         let connector = connector(&with_dbname(&admin, &part));
         let r = case_export::seed::seed_postgres(
@@ -96,12 +100,14 @@ fn pg_case_db(env: &Env, db: &CaseDb) -> String {
         )
         .await
         .expect("seed the PostgreSQL bench database");
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE \"{part}\" RENAME TO \"{name}\"; VACUUM ANALYZE"
-            ))
-            .await
-            .expect("rename the bench database");
+        // The seeder's connection may take a moment to close.
+        let rename = format!("ALTER DATABASE \"{part}\" RENAME TO \"{name}\"");
+        let mut tries = 0;
+        while let Err(e) = client.batch_execute(&rename).await {
+            tries += 1;
+            assert!(tries < 50, "rename the bench database: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         eprintln!(
             "  seeded PostgreSQL {name} ({} rows) in {:.1} s",
             r.rows,
