@@ -343,12 +343,29 @@ struct Params(Vec<Vec<Option<String>>>);
 impl Params {
     /// `(cols) IN (SELECT casts FROM unnest($i::text[], ...))` over `keys`
     /// (one array per column).
+    ///
+    /// One column becomes `s.col = ANY($i::text[]::type[])`: PostgreSQL
+    /// (14 and later) hashes a constant array, where an `IN (SELECT ...)`
+    /// under `OR` or `NOT` is a subplan rescanned for every row once its
+    /// keys outgrow `work_mem` (hundreds of thousands of keys: minutes).
     fn in_list(
         &mut self,
         cols: &[String],
         casts: &[&str],
         keys: Vec<Vec<Option<String>>>,
     ) -> String {
+        // An array-typed key keeps the general form: `type[][]` is `type[]`.
+        if let ([col], [cast]) = (cols, casts)
+            && !cast.ends_with(']')
+        {
+            let mut keys = keys;
+            self.0.push(keys.pop().unwrap_or_default());
+            return format!(
+                "s.{} = ANY(${}::text[]::{cast}[])",
+                ident(col),
+                self.0.len()
+            );
+        }
         let mut arrays = Vec::new();
         let mut picks = Vec::new();
         for (i, (k, cast)) in keys.into_iter().zip(casts).enumerate() {
@@ -517,8 +534,9 @@ impl Copier<'_> {
         let mut sel = select_list(t);
         if exclude_pk {
             let own = keys.next().unwrap_or_default();
+            // Key columns are never NULL, so NOT (k = ANY ...) is exact.
             conds.push(format!(
-                "NOT {}",
+                "NOT ({})",
                 params.in_list(&t.primary_key, &casts(&t.name, &t.primary_key), own)
             ));
         }
