@@ -11,8 +11,9 @@
 //! Options (after `--`):
 //!   --quick              smaller sizes and fewer reps (about 2 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
-//!                        snapshot, memory, load, keys, pg (default: all; pg
-//!                        needs the PostgreSQL of CASE_EXPORT_TEST_PG)
+//!                        snapshot, memory, load, keys, pg, replicas
+//!                        (default: all; pg and replicas need the
+//!                        PostgreSQL of CASE_EXPORT_TEST_PG)
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
 //!                        (default: <target>/bench)
@@ -192,6 +193,8 @@ fn main() {
     if opts.wants("pg") {
         eprintln!("== PostgreSQL");
         pg_section(&mut r, &mut env, &opts);
+    }
+    if opts.wants("replicas") {
         eprintln!("== replicas sharing a PostgreSQL trail");
         replicas_section(&mut r, &mut env, &opts);
     }

@@ -437,7 +437,10 @@ fn exports_per_minute(env: &Env, db: &CaseDb, trail: &str, replicas: usize, opts
     let servers: Vec<ServerProcess> = dirs
         .iter()
         .map(|d| {
-            let config = write_config(&d.path().join("config.toml"), "max_in_flight = 8\n");
+            let config = write_config(
+                &d.path().join("config.toml"),
+                "max_in_flight = 8\nmax_in_flight_per_principal = 8\n",
+            );
             ServerProcess::start_custom(
                 &config,
                 &db.path,
