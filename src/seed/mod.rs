@@ -15,7 +15,7 @@ use time::macros::datetime;
 pub const SCHEMA_SQL: &str = include_str!("../../schema/cases.sql");
 
 /// Every table the schema creates, parents before children.
-const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 14] = [
     "users",
     "cases",
     "subjects",
