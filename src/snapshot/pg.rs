@@ -9,6 +9,7 @@ mod copy;
 pub use copy::{BATCH_BYTES, BATCH_ROWS, CHANNEL_BATCHES};
 
 use super::build::Copied;
+use super::scope::ClosureSchedule;
 use super::{Snapshot, SnapshotError, SnapshotRequest, ident};
 use crate::db::PgConnector;
 use catalog::{Column, Kind, PgScope};
@@ -421,46 +422,18 @@ impl Copier<'_> {
         Ok(snap)
     }
 
-    /// The fixed point, scheduled exactly as `ScopeGraph::copy_closure`:
-    /// each driving edge runs again only when one of its table's parents
-    /// gained rows since it last ran.
+    /// The fixed point, on the schedule `ScopeGraph::copy_closure` uses.
     async fn closure(&mut self, mut snap: Snapshot) -> Result<Snapshot, SnapshotError> {
-        let graph = &self.scope.graph;
-        let edges: Vec<(usize, usize)> = graph
-            .tables
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| t.driving_fks().into_iter().map(move |fi| (ti, fi)))
-            .collect();
-        let pos = |name: &str| graph.tables.iter().position(|t| t.name == name);
-        let mut changed: Vec<Option<u64>> = vec![None; graph.tables.len()];
-        changed[0] = Some(0);
-        let mut evaluated: Vec<Option<u64>> = vec![None; edges.len()];
-        let mut tick = 0u64;
-        loop {
-            let mut ran = false;
-            for (ei, &(ti, fi)) in edges.iter().enumerate() {
-                let deps = graph.tables[ti].fks.iter().filter_map(|fk| pos(&fk.parent));
-                let dirty = deps
-                    .filter_map(|d| changed[d])
-                    .any(|c| evaluated[ei].is_none_or(|e| c >= e));
-                if !dirty {
-                    continue;
-                }
-                tick += 1;
-                evaluated[ei] = Some(tick);
-                ran = true;
-                let (s, n) = self.run_edge(snap, ti, fi).await?;
-                snap = s;
-                if n > 0 {
-                    self.counts[ti] += n;
-                    changed[ti] = Some(tick);
-                }
-            }
-            if !ran {
-                return Ok(snap);
+        let mut schedule = ClosureSchedule::new(&self.scope.graph);
+        while let Some((_, ti, fi)) = schedule.next_edge() {
+            let (s, n) = self.run_edge(snap, ti, fi).await?;
+            snap = s;
+            if n > 0 {
+                self.counts[ti] += n;
+                schedule.gained_rows(ti);
             }
         }
+        Ok(snap)
     }
 
     /// Copies the rows of table `ti` that reach copied rows through its

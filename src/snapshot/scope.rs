@@ -282,44 +282,18 @@ impl ScopeGraph {
     /// keys point at copied rows (and at least one does), until nothing
     /// changes. Re-runs only the edges whose parents gained rows.
     pub fn copy_closure(&self, conn: &Connection) -> rusqlite::Result<()> {
-        // (table index, fk index) for every edge, in breadth-first order.
-        let edges: Vec<(usize, usize)> = self
-            .tables
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| t.driving_fks().into_iter().map(move |fi| (ti, fi)))
-            .collect();
-        let sqls: Vec<String> = edges
+        let mut schedule = ClosureSchedule::new(self);
+        let sqls: Vec<String> = schedule
+            .edges
             .iter()
             .map(|&(ti, fi)| self.edge_sql(ti, fi))
             .collect();
-        let pos = |name: &str| self.tables.iter().position(|t| t.name == name);
-        // Tick of the last change to each table; the root changed at 0.
-        let mut changed: Vec<Option<u64>> = vec![None; self.tables.len()];
-        changed[0] = Some(0);
-        let mut evaluated: Vec<Option<u64>> = vec![None; edges.len()];
-        let mut tick = 0u64;
-        loop {
-            let mut ran = false;
-            for (ei, &(ti, _)) in edges.iter().enumerate() {
-                let deps = self.tables[ti].fks.iter().filter_map(|fk| pos(&fk.parent));
-                let dirty = deps
-                    .filter_map(|d| changed[d])
-                    .any(|c| evaluated[ei].is_none_or(|e| c >= e));
-                if !dirty {
-                    continue;
-                }
-                tick += 1;
-                evaluated[ei] = Some(tick);
-                ran = true;
-                if conn.execute(&sqls[ei], [])? > 0 {
-                    changed[ti] = Some(tick);
-                }
-            }
-            if !ran {
-                return Ok(());
+        while let Some((ei, ti, _)) = schedule.next_edge() {
+            if conn.execute(&sqls[ei], [])? > 0 {
+                schedule.gained_rows(ti);
             }
         }
+        Ok(())
     }
 
     fn edge_sql(&self, ti: usize, fi: usize) -> String {
@@ -377,6 +351,90 @@ impl ScopeGraph {
             on = on.join(" AND "),
             conds = conds.join(" AND "),
         )
+    }
+}
+
+/// The order in which the fixed point runs its edges, for both sources'
+/// builders: every driving edge in breadth-first order, pass after pass;
+/// an edge runs again only when one of its table's parents gained rows
+/// since it last ran; done after a pass that ran nothing.
+pub(crate) struct ClosureSchedule {
+    /// (table index, fk index) of every driving edge.
+    pub edges: Vec<(usize, usize)>,
+    /// The parent tables of each edge's table.
+    deps: Vec<Vec<usize>>,
+    /// Tick of the last change to each table; the root changed at 0.
+    changed: Vec<Option<u64>>,
+    /// Tick at which each edge last ran.
+    evaluated: Vec<Option<u64>>,
+    tick: u64,
+    next: usize,
+    ran_this_pass: bool,
+}
+
+impl ClosureSchedule {
+    pub fn new(graph: &ScopeGraph) -> Self {
+        let edges: Vec<(usize, usize)> = graph
+            .tables
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| t.driving_fks().into_iter().map(move |fi| (ti, fi)))
+            .collect();
+        let pos = |name: &str| graph.tables.iter().position(|t| t.name == name);
+        let deps = edges
+            .iter()
+            .map(|&(ti, _)| {
+                graph.tables[ti]
+                    .fks
+                    .iter()
+                    .filter_map(|fk| pos(&fk.parent))
+                    .collect()
+            })
+            .collect();
+        let mut changed = vec![None; graph.tables.len()];
+        changed[0] = Some(0);
+        Self {
+            evaluated: vec![None; edges.len()],
+            edges,
+            deps,
+            changed,
+            tick: 0,
+            next: 0,
+            ran_this_pass: false,
+        }
+    }
+
+    /// The next edge to run, as (edge, table, fk) indexes; `None` once a
+    /// whole pass found nothing to run.
+    pub fn next_edge(&mut self) -> Option<(usize, usize, usize)> {
+        loop {
+            if self.next == self.edges.len() {
+                if !self.ran_this_pass {
+                    return None;
+                }
+                self.next = 0;
+                self.ran_this_pass = false;
+            }
+            let ei = self.next;
+            self.next += 1;
+            let evaluated = self.evaluated[ei];
+            let dirty = self.deps[ei]
+                .iter()
+                .filter_map(|&d| self.changed[d])
+                .any(|c| evaluated.is_none_or(|e| c >= e));
+            if dirty {
+                self.tick += 1;
+                self.evaluated[ei] = Some(self.tick);
+                self.ran_this_pass = true;
+                let (ti, fi) = self.edges[ei];
+                return Some((ei, ti, fi));
+            }
+        }
+    }
+
+    /// The edge just returned by `next_edge` copied rows into table `ti`.
+    pub fn gained_rows(&mut self, ti: usize) {
+        self.changed[ti] = Some(self.tick);
     }
 }
 
