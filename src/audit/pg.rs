@@ -171,15 +171,7 @@ pub async fn ensure_schema(client: &mut Client, grant: Option<&str>) -> Result<b
     )
     .await
     .map_err(write_err)?;
-    let present: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM unnest($1::text[]) AS t(name) \
-             WHERE to_regclass(quote_ident(t.name)) IS NOT NULL",
-            &[&PG_TABLES.to_vec()],
-        )
-        .await
-        .map_err(write_err)?
-        .get(0);
+    let present = tables_present(&tx).await.map_err(write_err)?;
     let created = match present {
         0 => {
             tx.batch_execute(PG_SCHEMA).await.map_err(|e| {
@@ -823,6 +815,20 @@ pub async fn connect_reader(connector: &PgConnector) -> Result<Client, AuditErro
         .map_err(|e| open_err(connector, pg_msg(&e)))
 }
 
+/// How many of the trail's tables (`PG_TABLES`) the database holds.
+async fn tables_present(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS t(name) \
+             WHERE to_regclass(quote_ident(t.name)) IS NOT NULL",
+            &[&PG_TABLES.to_vec()],
+        )
+        .await?
+        .get(0))
+}
+
 /// Copies a PostgreSQL trail, in one consistent read, into an in-memory
 /// SQLite trail of the same schema, so that `verify_log`, `list_events`
 /// and the tenant views give the same answers over both stores. Returns it
@@ -832,15 +838,7 @@ pub async fn read_copy(
 ) -> Result<(rusqlite::Connection, Vec<Checkpoint>), AuditError> {
     let mut client = connect_reader(connector).await?;
     let q = |e: tokio_postgres::Error| AuditError::Query(pg_msg(&e));
-    let present: i64 = client
-        .query_one(
-            "SELECT count(*) FROM unnest($1::text[]) AS t(name) \
-             WHERE to_regclass(quote_ident(t.name)) IS NOT NULL",
-            &[&PG_TABLES.to_vec()],
-        )
-        .await
-        .map_err(q)?
-        .get(0);
+    let present = tables_present(&client).await.map_err(q)?;
     if present != PG_TABLES.len() as i64 {
         return Err(open_err(
             connector,
@@ -876,7 +874,11 @@ pub async fn read_copy(
     }
     let checkpoints = read_db_checkpoints(&tx).await?;
     tx.commit().await.map_err(q)?;
-    Ok((to_memory(&meta, &events)?, checkpoints))
+    // Filling SQLite is blocking work: off the async workers.
+    let mem = tokio::task::spawn_blocking(move || to_memory(&meta, &events))
+        .await
+        .map_err(|e| AuditError::Query(e.to_string()))??;
+    Ok((mem, checkpoints))
 }
 
 /// An in-memory SQLite trail holding `meta` and `events` as stored.
