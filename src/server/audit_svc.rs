@@ -318,6 +318,7 @@ mod tests {
             tenants: None,
             tls_identity: None,
             on_behalf_of: None,
+            require_recipients: None,
         });
         r
     }

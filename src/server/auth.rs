@@ -31,6 +31,9 @@ pub struct Principal {
     pub tls_identity: Option<String>,
     /// The analyst named in `x-on-behalf-of`, if the call sent one.
     pub on_behalf_of: Option<String>,
+    /// The `require_recipients` of the entry that authenticated the call
+    /// (entries sharing a name may differ); unset: the server's.
+    pub require_recipients: Option<bool>,
 }
 
 struct Entry {
@@ -363,6 +366,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
             name: p.name.clone(),
             roles: p.roles.clone(),
             tenants: p.tenants.clone(),
+            require_recipients: p.require_recipients,
             tls_identity: caller.tls_identity.clone(),
             on_behalf_of: match &caller.on_behalf_of {
                 OnBehalfOf::Valid(v) => Some(v.clone()),

@@ -658,11 +658,10 @@ impl Config {
         Ok(())
     }
 
-    /// Whether `principal`'s exports must name recipients.
-    pub fn requires_recipients(&self, principal: Option<&PrincipalConfig>) -> bool {
-        principal
-            .and_then(|p| p.require_recipients)
-            .unwrap_or(self.keys.require_recipients)
+    /// Whether exports must name recipients, given what the caller's
+    /// principal entry says.
+    pub fn requires_recipients(&self, principal_says: Option<bool>) -> bool {
+        principal_says.unwrap_or(self.keys.require_recipients)
     }
 
     /// The file of the key that signs receipts, if any.

@@ -335,3 +335,41 @@ async fn an_ssh_public_key_is_a_recipient_and_its_private_key_opens_the_export()
     );
     assert!(stdout_of(&o).contains(&case_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_that_authenticated_the_call_decides_on_recipients() {
+    // One principal, two entries (two tokens); only the second requires
+    // recipients. Each call follows the entry its credential matched.
+    const OPEN: &str = "shared-open-token-0123456789abcdef";
+    const STRICT: &str = "shared-strict-token-0123456789abcdef";
+    let exporter = [case_export::server::Role::Exporter];
+    let mut principals = principals();
+    principals.push(principal("shared", Some(OPEN), &exporter));
+    principals.push(case_export::server::PrincipalConfig {
+        require_recipients: Some(true),
+        ..principal("shared", Some(STRICT), &exporter)
+    });
+    let server = start_server(|c| c.principals = principals).await;
+    let case_id = server.case_ids[0].clone();
+    let call = |token: &'static str| {
+        let url = server.url.clone();
+        let case_id = case_id.clone();
+        async move {
+            raw_client(&url)
+                .await
+                .export_case(with_creds(
+                    request(&case_id, PURPOSE),
+                    Some(token),
+                    Some(ANALYST),
+                ))
+                .await
+                .map(|_| ())
+        }
+    };
+    let strict = call(STRICT).await.expect_err("refused without recipients");
+    assert_eq!(strict.code(), Code::FailedPrecondition, "{strict:?}");
+    call(OPEN)
+        .await
+        .expect("the other entry may take a raw key");
+    server.settle().await;
+}

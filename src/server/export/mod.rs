@@ -163,8 +163,8 @@ fn check_recipients(
             .map_err(|e| ExportError::InvalidArgument(format!("recipients: {e}")))?;
     }
     let name = principal.map_or("-", |p| p.name.as_str());
-    let configured = st.config.principals.iter().find(|p| p.name == name);
-    if asked.is_empty() && st.config.requires_recipients(configured) {
+    let says = principal.and_then(|p| p.require_recipients);
+    if asked.is_empty() && st.config.requires_recipients(says) {
         return Err(ExportError::RecipientsRequired(name.to_owned()));
     }
     if asked.is_empty() {
