@@ -9,9 +9,9 @@
 //! and exact); the checkpoint-key and SIGKILL tests run the real server.
 
 use crate::support::{
-    ServerProcess, audit_trail, authed, bin, checkpoint_key, dir_entries, eventually,
-    one_error_line, raw_client_small_window, read_header, request, run, seeded_db, small_seed,
-    stderr_of, stdout_of, test_client_options, write_test_config,
+    ServerProcess, audit_trail, bin, checkpoint_key, dir_entries, eventually, held_export,
+    one_error_line, run, seeded_db, small_seed, stderr_of, stdout_of, test_client_options,
+    write_test_config,
 };
 use case_export::audit::{AuditWriter, Event, Kind, Verification, open_log_read_only, verify_log};
 use rusqlite::{Connection, params};
@@ -771,7 +771,6 @@ async fn signed_checkpoints_verify_and_forgeries_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
-    use case_export::pb::export_case_response::Message as Msg;
     let seeded = seeded_db(&case_export::seed::SeedOptions {
         cases: 2,
         rows_per_case: 800,
@@ -796,17 +795,9 @@ async fn a_server_killed_mid_export_leaves_a_listed_call_without_an_end() {
 
     // A slow client: small windows, reads the header and one chunk, then
     // stops reading while keeping the call open.
-    let mut client = raw_client_small_window(&server.url()).await;
-    let mut stream = client
-        .export_case(authed(request(&case, "TICKET-KILL")))
-        .await
-        .expect("export")
-        .into_inner();
-    let header = read_header(&mut stream).await;
+    let (_client, stream, header) = held_export(&server.url(), &case, "TICKET-KILL", 1).await;
     // Far more than the client's window and the server's buffers hold.
     assert!(header.chunk_count > 100, "{} chunks", header.chunk_count);
-    let chunk = stream.message().await.expect("chunk").expect("chunk");
-    assert!(matches!(chunk.message, Some(Msg::Chunk(_))));
 
     // The header follows the committed `started` event.
     server.kill();

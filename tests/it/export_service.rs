@@ -8,7 +8,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use case_export::client::{ClientError, Receipt};
 use case_export::pb::export_case_response::Message as Msg;
-use case_export::pb::export_service_client::ExportServiceClient;
 use case_export::pb::export_service_server::{ExportService, ExportServiceServer};
 use case_export::pb::{
     EncryptedChunk, ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey,
@@ -22,8 +21,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
-use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 /// Against hangs only; nothing here is expected to take more than a second
 /// or two, except shutdown, which may wait out grace + 5 s.
 const BOUND: Duration = Duration::from_secs(15);
@@ -49,60 +47,6 @@ fn assert_message_is_safe(status: &Status, paths: &[&Path]) {
             "status message contains {needle:?}: {msg:?}"
         );
     }
-}
-
-/// Reads the header and then `chunks` chunks of an export stream.
-async fn read_header_and_chunks(
-    stream: &mut Streaming<case_export::pb::ExportCaseResponse>,
-    chunks: u64,
-) -> ExportHeader {
-    let header = match stream.message().await.expect("first message") {
-        Some(m) => match m.message {
-            Some(Msg::Header(h)) => h,
-            other => panic!("first message is not the header: {other:?}"),
-        },
-        None => panic!("stream ended before the header"),
-    };
-    for i in 0..chunks {
-        match stream
-            .message()
-            .await
-            .expect("chunk")
-            .and_then(|m| m.message)
-        {
-            Some(Msg::Chunk(c)) => assert_eq!(c.index, i),
-            other => panic!("expected chunk {i}, got {other:?}"),
-        }
-    }
-    header
-}
-
-/// Starts an export on its own small-window connection and reads the
-/// header and `chunks` chunks, then leaves it stalled.
-async fn held_export(
-    url: &str,
-    case_id: &str,
-    chunks: u64,
-) -> (
-    ExportServiceClient<Channel>,
-    Streaming<case_export::pb::ExportCaseResponse>,
-    ExportHeader,
-) {
-    let mut raw = raw_client_small_window(url).await;
-    let mut stream = raw
-        .export_case(authed(request(case_id, PURPOSE)))
-        .await
-        .expect("held export starts")
-        .into_inner();
-    let header = read_header_and_chunks(&mut stream, chunks).await;
-    // Premise: far more ciphertext than the window and channel can hold, so
-    // the producer is blocked while the stream is held.
-    assert!(
-        header.chunk_count > 60,
-        "case too small to stall the producer: {} chunks",
-        header.chunk_count
-    );
-    (raw, stream, header)
 }
 
 /// The slot of a held export is taken: a second call is refused as busy.
@@ -515,21 +459,21 @@ async fn dropped_stream_frees_its_slot() {
     let case_id = server.case_ids[0].clone();
 
     // Dropped right after the header, the connection kept open.
-    let (raw, stream, _) = held_export(&server.url, &case_id, 0).await;
+    let (raw, stream, _) = held_export(&server.url, &case_id, PURPOSE, 0).await;
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
     good_export_eventually(&server.url, &case_id).await;
     drop(raw);
 
     // Dropped after a few chunks, the connection kept open.
-    let (raw, stream, _) = held_export(&server.url, &case_id, 3).await;
+    let (raw, stream, _) = held_export(&server.url, &case_id, PURPOSE, 3).await;
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
     good_export_eventually(&server.url, &case_id).await;
     drop(raw);
 
     // The whole connection closed mid-stream.
-    let (raw, stream, _) = held_export(&server.url, &case_id, 2).await;
+    let (raw, stream, _) = held_export(&server.url, &case_id, PURPOSE, 2).await;
     assert_slot_taken(&server.url, &case_id).await;
     drop(stream);
     drop(raw);
@@ -544,7 +488,7 @@ async fn in_flight_limit_refuses_with_resource_exhausted() {
     })
     .await;
     let case_id = server.case_ids[2].clone();
-    let (_raw, mut held, header) = held_export(&server.url, &case_id, 0).await;
+    let (_raw, mut held, header) = held_export(&server.url, &case_id, PURPOSE, 0).await;
 
     let s = refused(&server.url, request(&server.case_ids[1], PURPOSE)).await;
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
@@ -591,7 +535,7 @@ async fn shutdown_with_a_held_stream_finishes() {
     })
     .await;
     let case_id = server.case_ids[0].clone();
-    let (_raw, mut held, _) = held_export(&server.url, &case_id, 1).await;
+    let (_raw, mut held, _) = held_export(&server.url, &case_id, PURPOSE, 1).await;
 
     // The held export never drains, so the server stops through its
     // backstop (grace + 5 s): the slowest test here, by design.

@@ -68,17 +68,7 @@ async fn metrics_move_after_an_export() {
     })
     .await;
     // The metrics listener is bound as the server starts; wait for it.
-    eventually(
-        "metrics listener",
-        std::time::Duration::from_secs(10),
-        || async {
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await;
+    metrics_up(addr).await;
     let before = scrape(addr).await;
     assert!(
         before.contains("# TYPE case_export_exports_started counter"),

@@ -5,9 +5,9 @@
 //! reading both stores alike (docs/AUDIT.md, "The PostgreSQL trail").
 
 use crate::support::{
-    AUDITOR_TOKEN, PgDb, ServerProcess, authed, bin, channel, eventually, good_export_eventually,
-    one_error_line, raw_client_small_window, read_header, request, run, seeded_db, stderr_of,
-    stdout_of, with_creds, write_test_config,
+    AUDITOR_TOKEN, PgDb, ServerProcess, bin, channel, eventually, good_export_eventually,
+    held_export, one_error_line, run, seeded_db, stderr_of, stdout_of, with_creds,
+    write_test_config,
 };
 use case_export::audit::{
     AuditError, AuditWriter, Event, Kind, ListFilter, Verification, WriterConfig, list_events,
@@ -387,7 +387,6 @@ fn big_seed() -> case_export::seed::SeedOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
-    use case_export::pb::export_case_response::Message as Msg;
     let Some(db) = PgDb::create("pg_trail_replicas").await else {
         return;
     };
@@ -413,16 +412,9 @@ async fn three_replicas_share_one_trail_and_close_a_killed_ones_calls() {
     }
 
     // A held export on replica 0: header and one chunk read, then no more.
-    let mut client = raw_client_small_window(&replicas[0].url()).await;
-    let mut stream = client
-        .export_case(authed(request(&seeded.case_ids[0], "TICKET-HELD")))
-        .await
-        .expect("export")
-        .into_inner();
-    let header = read_header(&mut stream).await;
+    let (_client, stream, header) =
+        held_export(&replicas[0].url(), &seeded.case_ids[0], "TICKET-HELD", 1).await;
     assert!(header.chunk_count > 100, "{} chunks", header.chunk_count);
-    let chunk = stream.message().await.expect("chunk").expect("chunk");
-    assert!(matches!(chunk.message, Some(Msg::Chunk(_))));
 
     // Concurrent exports over all three, while replica 0 is killed.
     let mut exports = Vec::new();

@@ -6,12 +6,14 @@ use super::poll::eventually;
 use super::server::client;
 use case_export::client::{ClientError, Receipt};
 use case_export::pb::export_case_response::Message as Msg;
+use case_export::pb::export_service_client::ExportServiceClient;
 use case_export::pb::{ExportCaseResponse, ExportHeader};
 use case_export::seal::open_reader;
 use case_export::snapshot::SnapshotView;
 use std::io::BufReader;
 use std::time::Duration;
 use tonic::Streaming;
+use tonic::transport::Channel;
 
 /// The purpose of the good exports made by these helpers.
 pub const PURPOSE: &str = "TICKET-4711: integration test";
@@ -94,4 +96,55 @@ pub async fn read_header(stream: &mut Streaming<ExportCaseResponse>) -> ExportHe
         Some(Msg::Header(h)) => h,
         other => panic!("first message is not the header: {other:?}"),
     }
+}
+
+/// Reads the header and then `chunks` chunks, which must come in order.
+pub async fn read_header_and_chunks(
+    stream: &mut Streaming<ExportCaseResponse>,
+    chunks: u64,
+) -> ExportHeader {
+    let header = read_header(stream).await;
+    for i in 0..chunks {
+        match stream
+            .message()
+            .await
+            .expect("chunk")
+            .and_then(|m| m.message)
+        {
+            Some(Msg::Chunk(c)) => assert_eq!(c.index, i),
+            other => panic!("expected chunk {i}, got {other:?}"),
+        }
+    }
+    header
+}
+
+/// Starts an export on its own small-window connection and reads the
+/// header and `chunks` chunks, then leaves it stalled.
+pub async fn held_export(
+    url: &str,
+    case_id: &str,
+    purpose: &str,
+    chunks: u64,
+) -> (
+    ExportServiceClient<Channel>,
+    Streaming<ExportCaseResponse>,
+    ExportHeader,
+) {
+    let mut raw = super::server::raw_client_small_window(url).await;
+    let mut stream = raw
+        .export_case(super::principals::authed(super::server::request(
+            case_id, purpose,
+        )))
+        .await
+        .expect("held export starts")
+        .into_inner();
+    let header = read_header_and_chunks(&mut stream, chunks).await;
+    // Premise: far more ciphertext than the window and channel can hold, so
+    // the producer is blocked while the stream is held.
+    assert!(
+        header.chunk_count > 60,
+        "case too small to stall the producer: {} chunks",
+        header.chunk_count
+    );
+    (raw, stream, header)
 }

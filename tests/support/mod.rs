@@ -29,7 +29,6 @@ pub use audit::*;
 pub use child::*;
 pub use export::*;
 pub use metrics::*;
-#[allow(unused_imports)]
 pub use pg::*;
 pub use poll::*;
 pub use principals::*;
