@@ -33,6 +33,9 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     /// Audit batch commits that failed (the events stay queued and are retried).
     pub audit_write_failures: Counter,
+    /// Bytes of audit events waiting for the store (bounded by
+    /// `[audit] max_queued_bytes`); the writer's queue keeps its count here.
+    pub audit_queued_bytes: Gauge,
     /// Times the stored trail was found to differ from the one written.
     pub audit_trail_mismatches: Counter,
     /// Events refused because the writer's queue was full.
@@ -63,6 +66,7 @@ impl Metrics {
             snapshot_bytes_held: Gauge::default(),
             audit_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             audit_write_failures: Counter::default(),
+            audit_queued_bytes: Gauge::default(),
             audit_trail_mismatches: Counter::default(),
             audit_events_refused: Counter::default(),
             refusals_unrecorded: Counter::default(),
@@ -113,6 +117,11 @@ impl Metrics {
             "audit_write_failures",
             "Audit batch commits that failed (events kept and retried)",
             m.audit_write_failures.clone(),
+        );
+        r.register(
+            "audit_queued_bytes",
+            "Bytes of audit events waiting for the store",
+            m.audit_queued_bytes.clone(),
         );
         r.register(
             "audit_trail_mismatches",

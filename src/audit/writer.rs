@@ -15,7 +15,7 @@ use super::store::{Appended, AuditError, SqliteStore, Store};
 use crate::metrics::Metrics;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -85,7 +85,7 @@ pub struct AuditHandle {
     /// Set once, for good, when the stored trail is not the one written.
     mismatch: Arc<OnceLock<TrailMismatch>>,
     /// Bytes of events sent to the writer and not yet written or dropped.
-    queued: Arc<AtomicU64>,
+    queued: prometheus_client::metrics::gauge::Gauge,
     max_queued: u64,
     metrics: Arc<Metrics>,
     head: Arc<Mutex<Head>>,
@@ -119,16 +119,16 @@ impl AuditHandle {
             return refuse(AuditError::Mismatch(m.clone()), &e, reply);
         }
         let size = e.stored_size();
-        let before = self.queued.fetch_add(size, Ordering::SeqCst);
+        let before = self.queued.inc_by(size as i64) as u64;
         if before + size > self.max_queued {
-            self.queued.fetch_sub(size, Ordering::SeqCst);
+            self.queued.dec_by(size as i64);
             self.metrics.audit_events_refused.inc();
             return refuse(AuditError::QueueFull(self.max_queued), &e, reply);
         }
         if let Err(mpsc::SendError(Cmd::Append(e, size, reply))) =
             self.tx.send(Cmd::Append(Box::new(e), size, reply))
         {
-            self.queued.fetch_sub(size, Ordering::SeqCst);
+            self.queued.dec_by(size as i64);
             refuse(AuditError::Stopped, &e, reply);
         }
     }
@@ -164,8 +164,7 @@ impl AuditHandle {
     /// already running can still record their ends.
     pub fn is_accepting(&self) -> bool {
         let headroom = (self.max_queued / 8).min(64 << 10);
-        self.mismatch.get().is_none()
-            && self.queued.load(Ordering::SeqCst) + headroom < self.max_queued
+        self.mismatch.get().is_none() && (self.queued.get() as u64) + headroom < self.max_queued
     }
 
     /// Why the trail is refused, if it is.
@@ -246,7 +245,7 @@ impl AuditWriter {
             tx,
             healthy: Arc::new(AtomicBool::new(true)),
             mismatch: Arc::default(),
-            queued: Arc::default(),
+            queued: config.metrics.audit_queued_bytes.clone(),
             max_queued: config.max_queued_bytes,
             metrics: config.metrics.clone(),
             head: Arc::new(Mutex::new(Head {
@@ -493,7 +492,7 @@ impl Writer {
                 }));
             }
         }
-        self.state.queued.fetch_sub(written, Ordering::SeqCst);
+        self.state.queued.dec_by(written as i64);
         tracing::trace!(
             elapsed_us = t0.elapsed().as_micros() as u64,
             seq = h.seq,
@@ -545,7 +544,7 @@ impl Writer {
                 let _ = r.send(Err(AuditError::Mismatch(m.clone())));
             }
         }
-        self.state.queued.fetch_sub(dropped, Ordering::SeqCst);
+        self.state.queued.dec_by(dropped as i64);
     }
 
     /// Verifies the stored chain from the last checkpoint to the head, then

@@ -190,6 +190,17 @@ async fn client_leaving_at_any_point_frees_the_slot_and_is_recorded_cancelled() 
                 other => panic!("expected chunk {i}, got {other:?}"),
             }
         }
+        if audit_lock.is_some() {
+            // Leave only once the custody record waits at the locked store:
+            // a client gone before the producer reaches it gets no record.
+            eventually("the custody record queued", DEADLINE, || async {
+                match metric(&server, "case_export_audit_queued_bytes", &[]).await {
+                    q if q > 0.0 => Ok(()),
+                    q => Err(format!("queued = {q}")),
+                }
+            })
+            .await;
+        }
         drop(stream);
         drop(raw);
         // The server saw the client go (its end is counted at once, before
