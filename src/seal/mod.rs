@@ -4,11 +4,12 @@
 
 mod key;
 mod reader;
+mod token;
 mod writer;
 
 pub use key::SecretKey;
 pub use reader::{OpenError, Opened, Opener, open_reader};
-pub use writer::{SealSummary, Sealer, seal_to_writer};
+pub use writer::{BATCH_CHUNKS, SealError, SealSummary, Sealer, seal_to_writer};
 
 use std::fmt;
 

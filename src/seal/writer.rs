@@ -1,13 +1,19 @@
 //! Seals a snapshot into ordered Fernet tokens on a pool of worker threads.
+//!
+//! Work goes out in batches of up to [`LANES`] consecutive chunks, sealed
+//! in lockstep by one worker (see `token.rs`). Workers take the next batch
+//! from a shared counter, so a worker the scheduler set aside holds up
+//! only its own batch; the emitter (the calling thread) puts batches back
+//! in order, hashes each token for the `.enc` digest and hands it on. At
+//! most `workers` batches are sealed ahead of the one being emitted.
 
-use super::{ChunkHeader, ExportId, SecretKey, chunk_count};
+use super::token::{LANES, Plain, TokenWriter};
+use super::{CHUNK_HEADER_LEN, ChunkHeader, ExportId, SecretKey, chunk_count};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::mpsc::{Receiver, sync_channel};
-use zeroize::Zeroizing;
-
-/// Tokens each worker may have sealed ahead of the emitter.
-const WORKER_DEPTH: usize = 2;
+use std::sync::mpsc::channel;
+use std::sync::{Condvar, Mutex};
 
 /// What a finished seal produced; the digest is over the `.enc` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +28,15 @@ pub struct SealSummary {
     pub plaintext_size: u64,
 }
 
+/// Why a seal stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealError<E> {
+    /// `emit` returned this error (say, the client went away).
+    Emit(E),
+    /// The operating system gave no random bytes for an IV.
+    Entropy,
+}
+
 /// Cuts a snapshot into chunks and seals each as one Fernet token.
 pub struct Sealer<'k> {
     key: &'k SecretKey,
@@ -29,6 +44,9 @@ pub struct Sealer<'k> {
     chunk_size: usize,
     workers: usize,
 }
+
+/// Tokens (at most [`LANES`]) one worker seals in one go.
+pub const BATCH_CHUNKS: usize = LANES;
 
 impl<'k> Sealer<'k> {
     /// `workers` is clamped to at least 1.
@@ -43,57 +61,68 @@ impl<'k> Sealer<'k> {
     }
 
     /// Seals `data`, handing each token to `emit` in index order. An error
-    /// from `emit` (say, the client went away) stops every worker and is
-    /// returned as is.
+    /// from `emit` stops every worker and is returned as is.
     pub fn seal<E>(
         &self,
         data: &[u8],
         mut emit: impl FnMut(u64, String) -> Result<(), E>,
-    ) -> Result<SealSummary, E> {
+    ) -> Result<SealSummary, SealError<E>> {
         let total = data.len() as u64;
         let n = chunk_count(total, self.chunk_size);
+        let batches = n.div_ceil(LANES as u64);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        let mut take = |i: u64, token: String| -> Result<(), E> {
-            hasher.update(token.as_bytes());
-            hasher.update(b"\n");
-            size += token.len() as u64 + 1;
-            emit(i, token)
+        let mut next = 0u64;
+        let mut take = |tokens: Vec<String>| -> Result<(), SealError<E>> {
+            for token in tokens {
+                hasher.update(token.as_bytes());
+                hasher.update(b"\n");
+                size += token.len() as u64 + 1;
+                emit(next, token).map_err(SealError::Emit)?;
+                next += 1;
+            }
+            Ok(())
         };
-        let workers = self.workers.min(usize::try_from(n).unwrap_or(usize::MAX));
+        let workers = self
+            .workers
+            .min(usize::try_from(batches).unwrap_or(usize::MAX));
         if workers <= 1 {
-            let mut w = ChunkWorker::new(self, data);
-            for i in 0..n {
-                take(i, w.seal(i))?;
+            let mut w = BatchWorker::new(self, data);
+            for b in 0..batches {
+                take(w.seal(b).ok_or(SealError::Entropy)?)?;
             }
         } else {
-            std::thread::scope(|s| -> Result<(), E> {
-                let mut rxs: Vec<Receiver<String>> = Vec::with_capacity(workers);
-                for first in 0..workers {
-                    let (tx, rx) = sync_channel::<String>(WORKER_DEPTH);
-                    rxs.push(rx);
-                    let this = &*self;
+            let claims = Claims::new(batches, workers as u64);
+            std::thread::scope(|s| -> Result<(), SealError<E>> {
+                let (tx, rx) = channel::<(u64, Option<Vec<String>>)>();
+                for _ in 0..workers {
+                    let (tx, claims) = (tx.clone(), &claims);
                     s.spawn(move || {
-                        let mut w = ChunkWorker::new(this, data);
-                        let mut i = first as u64;
-                        while i < n {
+                        let mut w = BatchWorker::new(self, data);
+                        while let Some(b) = claims.claim() {
                             // A closed channel means the emitter stopped.
-                            if tx.send(w.seal(i)).is_err() {
+                            if tx.send((b, w.seal(b))).is_err() {
                                 return;
                             }
-                            i += workers as u64;
                         }
                     });
                 }
-                for i in 0..n {
-                    let rx = &rxs[(i % workers as u64) as usize];
-                    let token = rx
-                        .recv()
-                        .unwrap_or_else(|_| unreachable!("a sealing worker ended early"));
-                    if let Err(e) = take(i, token) {
-                        drop(rxs);
-                        return Err(e);
-                    }
+                drop(tx);
+                // Stops the workers however the emitter leaves.
+                let _stop = StopOnDrop(&claims);
+                let mut pending = BTreeMap::new();
+                for b in 0..batches {
+                    let tokens = loop {
+                        if let Some(t) = pending.remove(&b) {
+                            break t;
+                        }
+                        let (i, t) = rx
+                            .recv()
+                            .unwrap_or_else(|_| unreachable!("a sealing worker ended early"));
+                        pending.insert(i, t);
+                    };
+                    claims.emitted(b + 1);
+                    take(tokens.ok_or(SealError::Entropy)?)?;
                 }
                 Ok(())
             })?;
@@ -107,42 +136,126 @@ impl<'k> Sealer<'k> {
     }
 }
 
-/// One worker's cipher and reusable plaintext buffer.
-struct ChunkWorker<'a> {
-    fernet: fernet::Fernet,
-    export_id: ExportId,
-    chunk_size: usize,
-    data: &'a [u8],
-    buf: Zeroizing<Vec<u8>>,
+/// Hands out batch numbers in order, never more than `ahead` past the
+/// batch the emitter waits for, so the tokens held stay bounded.
+struct Claims {
+    state: Mutex<ClaimState>,
+    wake: Condvar,
+    batches: u64,
+    ahead: u64,
 }
 
-impl<'a> ChunkWorker<'a> {
-    fn new(s: &Sealer<'_>, data: &'a [u8]) -> Self {
+struct ClaimState {
+    next: u64,
+    emitted: u64,
+    stopped: bool,
+}
+
+impl Claims {
+    fn new(batches: u64, ahead: u64) -> Self {
         Self {
-            fernet: s.key.fernet(),
-            export_id: s.export_id,
-            chunk_size: s.chunk_size,
-            data,
-            buf: Zeroizing::new(Vec::with_capacity(super::CHUNK_HEADER_LEN + s.chunk_size)),
+            state: Mutex::new(ClaimState {
+                next: 0,
+                emitted: 0,
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+            batches,
+            ahead,
         }
     }
 
-    fn seal(&mut self, i: u64) -> String {
+    /// The next batch to seal, waiting while the window is full; `None`
+    /// when there is none left or the emitter stopped.
+    fn claim(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.stopped || st.next >= self.batches {
+                return None;
+            }
+            if st.next < st.emitted + self.ahead {
+                st.next += 1;
+                return Some(st.next - 1);
+            }
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The emitter took every batch before `upto`.
+    fn emitted(&self, upto: u64) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).emitted = upto;
+        self.wake.notify_all();
+    }
+}
+
+struct StopOnDrop<'a>(&'a Claims);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopped = true;
+        self.0.wake.notify_all();
+    }
+}
+
+/// One worker's token writer over the snapshot.
+struct BatchWorker<'a> {
+    writer: TokenWriter,
+    export_id: ExportId,
+    chunk_size: usize,
+    data: &'a [u8],
+    chunks: u64,
+}
+
+impl<'a> BatchWorker<'a> {
+    fn new(s: &Sealer<'_>, data: &'a [u8]) -> Self {
+        Self {
+            writer: TokenWriter::new(s.key),
+            export_id: s.export_id,
+            chunk_size: s.chunk_size,
+            data,
+            chunks: chunk_count(data.len() as u64, s.chunk_size),
+        }
+    }
+
+    /// The tokens of batch `b`; `None` when no IV could be drawn.
+    fn seal(&mut self, b: u64) -> Option<Vec<String>> {
         let total = self.data.len();
-        let start = (i as usize).saturating_mul(self.chunk_size).min(total);
-        let end = start.saturating_add(self.chunk_size).min(total);
-        let header = ChunkHeader {
-            is_final: end == total,
-            export_id: self.export_id,
-            index: i,
-            total_len: total as u64,
-        };
-        // Clearing keeps the capacity, so the buffer never reallocates and
-        // leaves no plaintext copy behind in freed memory.
-        self.buf.clear();
-        self.buf.extend_from_slice(&header.encode());
-        self.buf.extend_from_slice(&self.data[start..end]);
-        self.fernet.encrypt(&self.buf)
+        let first = b * LANES as u64;
+        let last = (first + LANES as u64).min(self.chunks);
+        let headers: Vec<[u8; CHUNK_HEADER_LEN]> = (first..last)
+            .map(|i| {
+                let start = (i as usize).saturating_mul(self.chunk_size).min(total);
+                let end = start.saturating_add(self.chunk_size).min(total);
+                ChunkHeader {
+                    is_final: end == total,
+                    export_id: self.export_id,
+                    index: i,
+                    total_len: total as u64,
+                }
+                .encode()
+            })
+            .collect();
+        let plains: Vec<Plain<'_>> = (first..last)
+            .zip(&headers)
+            .map(|(i, h)| {
+                let start = (i as usize).saturating_mul(self.chunk_size).min(total);
+                let end = start.saturating_add(self.chunk_size).min(total);
+                Plain {
+                    head: h,
+                    body: &self.data[start..end],
+                }
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out = Vec::with_capacity(plains.len());
+        self.writer.seal(&plains, now, &mut out).ok()?;
+        Some(out)
     }
 }
 
@@ -155,10 +268,15 @@ pub fn seal_to_writer<W: Write>(
     workers: usize,
     mut out: W,
 ) -> std::io::Result<SealSummary> {
-    let summary = Sealer::new(key, export_id, chunk_size, workers).seal(data, |_, token| {
-        out.write_all(token.as_bytes())?;
-        out.write_all(b"\n")
-    })?;
+    let summary = Sealer::new(key, export_id, chunk_size, workers)
+        .seal(data, |_, token| {
+            out.write_all(token.as_bytes())?;
+            out.write_all(b"\n")
+        })
+        .map_err(|e| match e {
+            SealError::Emit(e) => e,
+            SealError::Entropy => std::io::Error::other("the OS gave no random bytes"),
+        })?;
     out.flush()?;
     Ok(summary)
 }

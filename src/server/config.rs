@@ -917,10 +917,15 @@ impl Config {
     }
 
     /// Bytes one export holds besides its snapshot: sealed chunks queued
-    /// for the network and one chunk per sealing worker.
+    /// for the network, the batches sealed ahead of the one being sent (one
+    /// per worker, plus that one), and each worker's plaintext buffers.
     pub fn stream_buffer_bytes(&self) -> u64 {
-        let token = crate::seal::token_len(self.chunk_size + crate::seal::CHUNK_HEADER_LEN) as u64;
-        (self.channel_depth as u64 + 2 * self.seal_workers() as u64 + 1) * token
+        use crate::seal::{BATCH_CHUNKS, CHUNK_HEADER_LEN, token_len};
+        let plain = (self.chunk_size + CHUNK_HEADER_LEN) as u64;
+        let token = token_len(self.chunk_size + CHUNK_HEADER_LEN) as u64;
+        let workers = self.seal_workers() as u64;
+        let batch = BATCH_CHUNKS as u64;
+        (self.channel_depth as u64 + (workers + 1) * batch + 1) * token + workers * batch * plain
     }
 
     /// The budget wait as a duration.

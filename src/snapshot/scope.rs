@@ -48,6 +48,9 @@ pub(crate) struct ScopeTable {
     pub fks: Vec<ForeignKey>,
     /// Columns that can never be NULL (NOT NULL, or the rowid alias).
     pub not_null: BTreeSet<String>,
+    /// The INTEGER PRIMARY KEY column aliasing the rowid (SQLite only): a
+    /// key whose values no two rows share under any comparison.
+    pub rowid_alias: Option<String>,
 }
 
 impl ScopeTable {
@@ -221,10 +224,14 @@ impl ScopeGraph {
             .into_iter()
             .map(|name| -> Result<ScopeTable, SnapshotError> {
                 let (cols, fks) = all.remove(&name).unwrap_or_default();
+                let alias = match has_rowid(conn, &name) {
+                    true => rowid_alias(conn, &name).map_err(internal)?,
+                    false => None,
+                };
                 let identity = if !has_rowid(conn, &name) {
                     primary_key(&cols)
-                } else if let Some(alias) = rowid_alias(conn, &name).map_err(internal)? {
-                    vec![alias]
+                } else if let Some(alias) = &alias {
+                    vec![alias.clone()]
                 } else {
                     vec!["rowid".to_string()]
                 };
@@ -234,6 +241,7 @@ impl ScopeGraph {
                 }
                 Ok(ScopeTable {
                     not_null,
+                    rowid_alias: alias,
                     fks: fks
                         .into_iter()
                         .filter(|fk| seen.contains(&fk.parent))
@@ -281,22 +289,47 @@ impl ScopeGraph {
     /// Runs the fixed point: copies every row all of whose in-graph foreign
     /// keys point at copied rows (and at least one does), until nothing
     /// changes. Re-runs only the edges whose parents gained rows.
+    ///
+    ///
+    /// An edge into a table that has no rows yet cannot meet a row twice
+    /// when each row matches at most one parent row: the parent holds one
+    /// row (the root), or the key names the parent's rowid alias. Such an
+    /// edge runs without the probe for rows already copied. That probe
+    /// reads the table being written, which makes SQLite collect the whole
+    /// result in a temporary table before inserting it; without it, rows go
+    /// straight in, in the order of the source's foreign-key index (for an
+    /// edge from the root: in key order, so every insert appends).
     pub fn copy_closure(&self, conn: &Connection) -> rusqlite::Result<()> {
         let mut schedule = ClosureSchedule::new(self);
-        let sqls: Vec<String> = schedule
+        let sqls: Vec<[String; 2]> = schedule
             .edges
             .iter()
-            .map(|&(ti, fi)| self.edge_sql(ti, fi))
+            .map(|&(ti, fi)| [self.edge_sql(ti, fi, true), self.edge_sql(ti, fi, false)])
             .collect();
-        while let Some((ei, ti, _)) = schedule.next_edge() {
-            if conn.execute(&sqls[ei], [])? > 0 {
+        let mut rows: Vec<usize> = (0..self.tables.len())
+            .map(|ti| usize::from(ti == 0))
+            .collect();
+        while let Some((ei, ti, fi)) = schedule.next_edge() {
+            let fk = &self.tables[ti].fks[fi];
+            let parent = self.tables.iter().position(|p| p.name == fk.parent);
+            let one_match = parent.is_some_and(|pi| {
+                rows[pi] == 1
+                    || self.tables[pi]
+                        .rowid_alias
+                        .as_ref()
+                        .is_some_and(|a| fk.to.len() == 1 && fk.to[0].eq_ignore_ascii_case(a))
+            });
+            let sql = &sqls[ei][usize::from(rows[ti] == 0 && one_match)];
+            let n = conn.execute(sql, [])?;
+            if n > 0 {
+                rows[ti] += n;
                 schedule.gained_rows(ti);
             }
         }
         Ok(())
     }
 
-    fn edge_sql(&self, ti: usize, fi: usize) -> String {
+    fn edge_sql(&self, ti: usize, fi: usize, probe_copied: bool) -> String {
         let t = &self.tables[ti];
         let fk = &t.fks[fi];
         let (cols, sel) = copy_lists(t);
@@ -331,16 +364,21 @@ impl ScopeGraph {
                 matches.join(" AND ")
             ));
         }
-        let ids: Vec<String> = t
-            .identity
-            .iter()
-            .map(|c| format!("m.{c} = s.{c}", c = ident(c)))
-            .collect();
-        conds.push(format!(
-            "NOT EXISTS (SELECT 1 FROM main.{} AS m WHERE {})",
-            ident(&t.name),
-            ids.join(" AND ")
-        ));
+        if probe_copied {
+            let ids: Vec<String> = t
+                .identity
+                .iter()
+                .map(|c| format!("m.{c} = s.{c}", c = ident(c)))
+                .collect();
+            conds.push(format!(
+                "NOT EXISTS (SELECT 1 FROM main.{} AS m WHERE {})",
+                ident(&t.name),
+                ids.join(" AND ")
+            ));
+        }
+        if conds.is_empty() {
+            conds.push("1".into());
+        }
         // CROSS JOIN keeps the (small) copied parents as the outer loop, so
         // the source is probed through its index on the foreign key.
         format!(
@@ -374,13 +412,14 @@ pub(crate) struct ClosureSchedule {
 
 impl ClosureSchedule {
     pub fn new(graph: &ScopeGraph) -> Self {
-        let edges: Vec<(usize, usize)> = graph
-            .tables
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| t.driving_fks().into_iter().map(move |fi| (ti, fi)))
-            .collect();
         let pos = |name: &str| graph.tables.iter().position(|t| t.name == name);
+        let edges: Vec<(usize, usize)> = parents_first(graph)
+            .into_iter()
+            .flat_map(|ti| {
+                let t = &graph.tables[ti];
+                t.driving_fks().into_iter().map(move |fi| (ti, fi))
+            })
+            .collect();
         let deps = edges
             .iter()
             .map(|&(ti, _)| {
@@ -436,6 +475,42 @@ impl ClosureSchedule {
     pub fn gained_rows(&mut self, ti: usize) {
         self.changed[ti] = Some(self.tick);
     }
+}
+
+/// The tables with every table after the tables its foreign keys name, so
+/// that one pass of the fixed point finds each table's parents complete and
+/// a second pass has nothing to do (but for tables that name themselves);
+/// breadth-first order when the keys form a cycle through several tables
+/// (the fixed point then takes as many passes as it needs).
+fn parents_first(graph: &ScopeGraph) -> Vec<usize> {
+    let n = graph.tables.len();
+    let pos = |name: &str| graph.tables.iter().position(|t| t.name == name);
+    let parents: Vec<BTreeSet<usize>> = graph
+        .tables
+        .iter()
+        .enumerate()
+        // A table's keys to itself (threads, trees) are the fixed point's
+        // business, not the order's.
+        .map(|(ti, t)| {
+            t.fks
+                .iter()
+                .filter_map(|fk| pos(&fk.parent))
+                .filter(|&p| p != ti)
+                .collect()
+        })
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    let mut placed = vec![false; n];
+    while order.len() < n {
+        // The first table, in breadth-first order, whose parents are placed.
+        let Some(next) = (0..n).find(|&t| !placed[t] && parents[t].iter().all(|&p| placed[p]))
+        else {
+            return (0..n).collect();
+        };
+        placed[next] = true;
+        order.push(next);
+    }
+    order
 }
 
 /// Column lists for INSERT and SELECT; rowid tables keep their rowids so

@@ -1392,7 +1392,17 @@ async fn denied_calls_with_60_kb_headers_grow_the_trail_by_a_bounded_amount() {
             .expect_err("refused");
         assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
     }
-    srv.settle().await;
+    // Denials are queued without waiting: wait for the burst's records
+    // (each call's attempt and denial), not only for every call on record
+    // to have ended, or a record still queued would land after `live`.
+    srv.wait_events("the burst's calls on record", |ev| {
+        let attempts = ev
+            .iter()
+            .filter(|(s, e, _)| *s > start && e.kind == Kind::Attempt)
+            .count() as u64;
+        attempts >= BURST && all_ended(ev)
+    })
+    .await;
     let live = trail_bytes_by_kind(&audit_db, start);
     // The clean stop writes the count of the calls that were not recorded.
     srv.stop().await;

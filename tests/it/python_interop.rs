@@ -148,3 +148,87 @@ fn python_fernet_opens_a_real_export() {
     let status = server.terminate();
     assert!(status.success(), "server exit after SIGTERM: {status:?}");
 }
+
+/// Every token the sealer makes, whatever the data, chunk size and worker
+/// count (so every lane count of the lockstep writer and every padding
+/// length), opens with the `fernet` crate and with Python's `cryptography`
+/// to the chunk header and data it was made from.
+#[test]
+fn every_sealed_token_opens_with_the_fernet_crate_and_python() {
+    use case_export::seal::{CHUNK_HEADER_LEN, ExportId, Sealer, SecretKey};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use std::io::Write;
+    use std::process::Stdio;
+
+    require_python_module("cryptography", "cryptography");
+    let strategy = (
+        proptest::collection::vec(any::<u8>(), 0..6000),
+        prop_oneof![Just(16usize), 1usize..=100, 100usize..=700],
+        1usize..=4,
+    );
+    // The runner takes an `Fn`: the lines for Python collect through a cell.
+    let lines = std::cell::RefCell::new(String::new());
+    let tokens = std::cell::Cell::new(0usize);
+    let mut runner = TestRunner::new(Config::with_cases(96));
+    runner
+        .run(&strategy, |(data, chunk, workers)| {
+            let key = SecretKey::generate().unwrap();
+            let fernet = fernet::Fernet::new(&key.expose_fernet_key()).unwrap();
+            let id = ExportId::random().unwrap();
+            let mut plains = Vec::new();
+            Sealer::new(&key, id, chunk, workers)
+                .seal(&data, |i, token| {
+                    let plain = fernet.decrypt(&token).expect("the fernet crate opens it");
+                    plains.push((i, token, plain));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            let chunks: Vec<&[u8]> = if data.is_empty() {
+                vec![&[]]
+            } else {
+                data.chunks(chunk).collect()
+            };
+            prop_assert_eq!(plains.len(), chunks.len());
+            for ((i, token, plain), part) in plains.iter().zip(&chunks) {
+                prop_assert_eq!(&plain[CHUNK_HEADER_LEN..], *part, "chunk {}", i);
+                prop_assert_eq!(&plain[24..32], &i.to_be_bytes()[..]);
+                lines.borrow_mut().push_str(&format!(
+                    "{} {token} {}\n",
+                    &*key.expose_fernet_key(),
+                    hex::encode(Sha256::digest(plain))
+                ));
+                tokens.set(tokens.get() + 1);
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    let mut child = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/open_tokens.py"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.borrow().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "open_tokens.py failed:\n{}",
+        stderr_of(&o)
+    );
+    let v: Value = serde_json::from_str(stdout_of(&o).trim()).expect("JSON");
+    assert_eq!(v["failure"], Value::Null, "{v}");
+    let tokens = tokens.get();
+    assert_eq!(v["opened"], tokens as u64, "{v}");
+    assert!(tokens > 500, "only {tokens} tokens were checked");
+}

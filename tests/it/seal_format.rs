@@ -17,8 +17,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use case_export::seal::{
     CHUNK_HEADER_LEN, DEFAULT_CHUNK_SIZE, ExportId, FLAG_FINAL, FORMAT_VERSION, MAGIC,
-    MAX_CHUNK_SIZE, OpenError, Opened, Opener, SealSummary, Sealer, SecretKey, chunk_count,
-    open_reader, seal_to_writer, token_len,
+    MAX_CHUNK_SIZE, OpenError, Opened, Opener, SealError, SealSummary, Sealer, SecretKey,
+    chunk_count, open_reader, seal_to_writer, token_len,
 };
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockDecryptMut, KeyIvInit};
@@ -436,7 +436,11 @@ fn sealer_stops_at_the_first_emit_error() {
                 Ok(())
             }
         });
-        assert_eq!(got, Err("client went away"), "{workers} workers");
+        assert_eq!(
+            got,
+            Err(SealError::Emit("client went away")),
+            "{workers} workers"
+        );
         assert_eq!(calls, 6, "{workers} workers");
     }
 }

@@ -8,7 +8,7 @@ use crate::audit::{AuditError, Committed, Kind};
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::{EncryptedChunk, ExportCaseResponse, ExportKey};
 use crate::receipt::{RECEIPT_VERSION, ReceiptBody};
-use crate::seal::{FORMAT_VERSION, KEY_WARNING, SealSummary, Sealer, SecretKey};
+use crate::seal::{FORMAT_VERSION, KEY_WARNING, SealError, SealSummary, Sealer, SecretKey};
 use crate::server::budget::Reservation;
 use crate::server::error::ExportError;
 use crate::server::state::ServerState;
@@ -192,7 +192,11 @@ fn seal_and_stream(
     });
     match sealed {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(stop)) => Err(End::from_stop(stop, "mid-stream")),
+        Ok(Err(SealError::Emit(stop))) => Err(End::from_stop(stop, "mid-stream")),
+        Ok(Err(SealError::Entropy)) => {
+            tracing::error!("the operating system gave no random bytes for an IV");
+            Err(End::Fail(ExportError::Internal(call.eid.clone())))
+        }
         Err(e) => {
             tracing::error!(error = %e, "serializing the snapshot failed");
             Err(End::Fail(ExportError::Internal(call.eid.clone())))

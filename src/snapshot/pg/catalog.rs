@@ -363,6 +363,7 @@ impl PgScope {
                 .filter(|fk| seen.contains(&fk.parent))
                 .collect();
             self.graph.tables.push(ScopeTable {
+                rowid_alias: None,
                 name: name.clone(),
                 columns: cols.iter().map(|c| c.name.clone()).collect(),
                 identity: pk.clone(),
