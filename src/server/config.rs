@@ -731,7 +731,7 @@ impl Config {
                 format!(
                     "must be at least max_snapshot_bytes plus one export's stream buffers \
                      and source page cache: {} + {} + {} = {one_export} bytes here \
-                     ((channel_depth + 2 * seal workers + 1) sealed chunks; cache up to 32 MiB)",
+                     ((channel_depth + 8 * (seal workers + 1) + 1) sealed chunks; cache up to 32 MiB)",
                     self.max_snapshot_bytes,
                     self.stream_buffer_bytes(),
                     crate::snapshot::source_cache_bytes(self.max_snapshot_bytes),
@@ -917,15 +917,13 @@ impl Config {
     }
 
     /// Bytes one export holds besides its snapshot: sealed chunks queued
-    /// for the network, the batches sealed ahead of the one being sent (one
-    /// per worker, plus that one), and each worker's plaintext buffers.
+    /// for the network, and the batches of chunks sealed or being sealed
+    /// ahead of them (one per worker, plus the one being sent).
     pub fn stream_buffer_bytes(&self) -> u64 {
         use crate::seal::{BATCH_CHUNKS, CHUNK_HEADER_LEN, token_len};
-        let plain = (self.chunk_size + CHUNK_HEADER_LEN) as u64;
         let token = token_len(self.chunk_size + CHUNK_HEADER_LEN) as u64;
-        let workers = self.seal_workers() as u64;
-        let batch = BATCH_CHUNKS as u64;
-        (self.channel_depth as u64 + (workers + 1) * batch + 1) * token + workers * batch * plain
+        let batches = self.seal_workers() as u64 + 1;
+        (self.channel_depth as u64 + batches * BATCH_CHUNKS as u64 + 1) * token
     }
 
     /// The budget wait as a duration.

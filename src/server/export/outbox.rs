@@ -87,6 +87,20 @@ impl Outbox {
     }
 
     pub(super) fn send(&mut self, m: Item) -> Result<(), Stop> {
+        // When the queue has room, the message goes in without a trip
+        // through the runtime; the checks come first, in the order of the
+        // waiting path below.
+        if *self.phase.borrow() >= Phase::Stopping {
+            return Err(Stop::Shutdown);
+        }
+        if std::time::Instant::now() >= self.deadline.at {
+            return Err(Stop::Deadline(self.deadline.reason()));
+        }
+        let m = match self.tx.try_send(m) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::ClientGone),
+            Err(mpsc::error::TrySendError::Full(m)) => m,
+        };
         let Outbox {
             tx,
             phase,
