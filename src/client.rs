@@ -2,16 +2,18 @@
 //! or atomically into a directory, checking order and digest as it goes,
 //! and hands back the key once in a type that zeroizes and never prints.
 
+mod lines;
+
 use crate::contract::{ON_BEHALF_OF, file_name_for};
 use crate::pb::export_case_response::Message as Msg;
 use crate::pb::export_service_client::ExportServiceClient;
 use crate::pb::{ExportCaseRequest, ExportCaseResponse, ExportHeader, ExportKey};
 use crate::receipt::SignedReceipt;
 use crate::seal::{CHUNK_HEADER_LEN, MAX_CHUNK_SIZE, SecretKey, token_len};
-use sha2::{Digest, Sha256};
+use lines::{FileLines, Lines};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status, Streaming};
@@ -359,7 +361,8 @@ impl ExportClient {
         progress: impl FnMut(&ExportHeader, Progress),
     ) -> Result<Receipt, ClientError> {
         let (header, stream) = self.start(case_id, purpose).await?;
-        receive(header, stream, out, progress).await
+        let (receipt, _) = receive(header, stream, Lines::writer(out), progress).await?;
+        Ok(receipt)
     }
 
     /// Streams one export into `dir` under the file name derived from the
@@ -397,13 +400,11 @@ impl ExportClient {
             .permissions(private_mode())
             .tempfile_in(dir)?;
         let (std_file, tmp_path) = tmp.into_parts();
-        let mut file =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
-        let mut receipt = receive(header, stream, &mut file, progress).await?;
-        file.flush().await?;
-        let file = file.into_inner();
-        file.sync_all().await?;
-        drop(file);
+        let lines = Lines::<tokio::io::Sink>::File(FileLines::start(std_file)?);
+        let (mut receipt, file) = receive(header, stream, lines, progress).await?;
+        if let Some(file) = file {
+            tokio::fs::File::from_std(file).sync_all().await?;
+        }
         let name = safe_file_name(&receipt.file_name)
             .ok_or_else(|| ClientError::Protocol("the server sent an unsafe file name".into()))?;
         let dest = dir.join(name);
@@ -467,11 +468,10 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
 async fn receive<W: AsyncWrite + Unpin>(
     header: ExportHeader,
     mut stream: Streaming<ExportCaseResponse>,
-    out: &mut W,
+    mut out: Lines<'_, W>,
     mut progress: impl FnMut(&ExportHeader, Progress),
-) -> Result<Receipt, ClientError> {
+) -> Result<(Receipt, Option<std::fs::File>), ClientError> {
     let proto = |m: &str| ClientError::Protocol(m.to_string());
-    let mut hasher = Sha256::new();
     let mut chunks = 0u64;
     let mut bytes = 0u64;
     let (key, secret) = loop {
@@ -489,12 +489,9 @@ async fn receive<W: AsyncWrite + Unpin>(
                 if chunks >= header.chunk_count {
                     return Err(proto("more chunks than the header announced"));
                 }
-                hasher.update(c.token.as_bytes());
-                hasher.update(b"\n");
-                out.write_all(c.token.as_bytes()).await?;
-                out.write_all(b"\n").await?;
-                chunks += 1;
                 bytes += c.token.len() as u64 + 1;
+                out.line(c.token).await?;
+                chunks += 1;
                 progress(
                     &header,
                     Progress {
@@ -514,8 +511,8 @@ async fn receive<W: AsyncWrite + Unpin>(
     if stream.message().await?.is_some() {
         return Err(proto("messages followed the key"));
     }
-    out.flush().await?;
-    let digest = hex::encode(hasher.finalize());
+    let (digest, file) = out.finish().await?;
+    let digest = hex::encode(digest);
     if chunks != header.chunk_count || key.chunk_count != chunks {
         return Err(proto("chunk count differs from what the server announced"));
     }
@@ -536,7 +533,7 @@ async fn receive<W: AsyncWrite + Unpin>(
         "" => None,
         text => Some(check_receipt(text, &header, &digest, bytes)?),
     };
-    Ok(Receipt {
+    let receipt = Receipt {
         export_id: header.export_id.clone(),
         case_id: header.case_id.clone(),
         file_name: header.file_name.clone(),
@@ -554,7 +551,8 @@ async fn receive<W: AsyncWrite + Unpin>(
         wrapped_key,
         signed_receipt,
         receipt_path: None,
-    })
+    };
+    Ok((receipt, file))
 }
 
 /// The receipt must describe what was received. Its signature is checked
