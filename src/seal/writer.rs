@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::mpsc::channel;
 use std::sync::{Condvar, Mutex};
+use zeroize::Zeroize;
 
 /// What a finished seal produced; the digest is over the `.enc` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +66,36 @@ impl<'k> Sealer<'k> {
     pub fn seal<E>(
         &self,
         data: &[u8],
+        emit: impl FnMut(u64, String) -> Result<(), E>,
+    ) -> Result<SealSummary, SealError<E>> {
+        self.seal_input(Input::Shared(data), data.len(), emit)
+    }
+
+    /// As [`Sealer::seal`], and each batch of `data` is zeroed as soon as
+    /// its tokens are made, while it is still in the CPU's cache: when this
+    /// returns `Ok`, no plaintext is left in `data`. A seal that stops
+    /// early leaves the batches it did not reach as they were.
+    pub fn seal_wiping<E>(
+        &self,
+        data: &mut [u8],
+        emit: impl FnMut(u64, String) -> Result<(), E>,
+    ) -> Result<SealSummary, SealError<E>> {
+        let len = data.len();
+        let batches = data
+            .chunks_mut(self.chunk_size.saturating_mul(LANES))
+            .map(Some)
+            .collect();
+        self.seal_input(Input::Wiped(Mutex::new(batches)), len, emit)
+    }
+
+    fn seal_input<E>(
+        &self,
+        data: Input<'_>,
+        len: usize,
         mut emit: impl FnMut(u64, String) -> Result<(), E>,
     ) -> Result<SealSummary, SealError<E>> {
-        let total = data.len() as u64;
+        let data = &data;
+        let total = len as u64;
         let n = chunk_count(total, self.chunk_size);
         let batches = n.div_ceil(LANES as u64);
         let mut hasher = Sha256::new();
@@ -87,7 +115,7 @@ impl<'k> Sealer<'k> {
             .workers
             .min(usize::try_from(batches).unwrap_or(usize::MAX));
         if workers <= 1 {
-            let mut w = BatchWorker::new(self, data);
+            let mut w = BatchWorker::new(self, data, len);
             for b in 0..batches {
                 take(w.seal(b).ok_or(SealError::Entropy)?)?;
             }
@@ -98,7 +126,7 @@ impl<'k> Sealer<'k> {
                 for _ in 0..workers {
                     let (tx, claims) = (tx.clone(), &claims);
                     s.spawn(move || {
-                        let mut w = BatchWorker::new(self, data);
+                        let mut w = BatchWorker::new(self, data, len);
                         while let Some(b) = claims.claim() {
                             // A closed channel means the emitter stopped.
                             if tx.send((b, w.seal(b))).is_err() {
@@ -201,29 +229,75 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// The plaintext a seal reads: shared, or handed out batch by batch so
+/// that each batch can be wiped once sealed.
+enum Input<'d> {
+    Shared(&'d [u8]),
+    Wiped(Mutex<Vec<Option<&'d mut [u8]>>>),
+}
+
+impl Input<'_> {
+    /// Runs `f` on the bytes of batch `b` (of `batch_len` bytes each).
+    fn with_batch<R>(&self, b: u64, batch_len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self {
+            Input::Shared(data) => {
+                let start = (b as usize).saturating_mul(batch_len).min(data.len());
+                let end = start.saturating_add(batch_len).min(data.len());
+                f(&data[start..end])
+            }
+            Input::Wiped(batches) => {
+                let region = batches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(b as usize)
+                    .and_then(Option::take);
+                match region {
+                    Some(region) => {
+                        let r = f(region);
+                        region.zeroize();
+                        r
+                    }
+                    // An empty snapshot has one (empty) chunk and no region.
+                    None => f(&[]),
+                }
+            }
+        }
+    }
+}
+
 /// One worker's token writer over the snapshot.
-struct BatchWorker<'a> {
+struct BatchWorker<'a, 'd> {
     writer: TokenWriter,
     export_id: ExportId,
     chunk_size: usize,
-    data: &'a [u8],
+    data: &'a Input<'d>,
+    total: usize,
     chunks: u64,
 }
 
-impl<'a> BatchWorker<'a> {
-    fn new(s: &Sealer<'_>, data: &'a [u8]) -> Self {
+impl<'a, 'd> BatchWorker<'a, 'd> {
+    fn new(s: &Sealer<'_>, data: &'a Input<'d>, total: usize) -> Self {
         Self {
             writer: TokenWriter::new(s.key),
             export_id: s.export_id,
             chunk_size: s.chunk_size,
             data,
-            chunks: chunk_count(data.len() as u64, s.chunk_size),
+            total,
+            chunks: chunk_count(total as u64, s.chunk_size),
         }
     }
 
     /// The tokens of batch `b`; `None` when no IV could be drawn.
     fn seal(&mut self, b: u64) -> Option<Vec<String>> {
-        let total = self.data.len();
+        let batch_len = self.chunk_size.saturating_mul(LANES);
+        let data = self.data;
+        data.with_batch(b, batch_len, |region| self.seal_region(b, region))
+    }
+
+    /// Seals batch `b`, whose bytes are `region`.
+    fn seal_region(&mut self, b: u64, region: &[u8]) -> Option<Vec<String>> {
+        let total = self.total;
+        let base = (b as usize).saturating_mul(self.chunk_size.saturating_mul(LANES));
         let first = b * LANES as u64;
         let last = (first + LANES as u64).min(self.chunks);
         let headers: Vec<[u8; CHUNK_HEADER_LEN]> = (first..last)
@@ -246,7 +320,7 @@ impl<'a> BatchWorker<'a> {
                 let end = start.saturating_add(self.chunk_size).min(total);
                 Plain {
                     head: h,
-                    body: &self.data[start..end],
+                    body: &region[start - base..end - base],
                 }
             })
             .collect();

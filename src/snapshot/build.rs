@@ -8,6 +8,7 @@ use rusqlite::{Connection, FileControl, OpenFlags, ffi};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
+use zeroize::Zeroize;
 
 /// Everything that decides one snapshot.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct Snapshot {
     /// The case's tenant, when the root table has the tenant column and the
     /// case's value there is not NULL.
     pub tenant: Option<String>,
+    /// Every byte was zeroed by its last user (`consume_bytes`).
+    wiped: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -78,12 +81,27 @@ impl Snapshot {
             .map_err(SnapshotError::Internal)?;
         Ok(f(&data))
     }
-}
 
-impl Drop for Snapshot {
-    fn drop(&mut self) {
+    /// Lends the serialized database for its last use, which may overwrite
+    /// it (the sealer wipes what it has sealed). When `f` returns `true`
+    /// it has zeroed every byte, and dropping the snapshot skips doing it
+    /// again; the snapshot is no use for anything but dropping afterwards.
+    pub fn consume_bytes(
+        &mut self,
+        f: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<(), SnapshotError> {
+        let Some(data) = self.memdb_buffer() else {
+            return Err(SnapshotError::Unavailable("the snapshot is not in memory"));
+        };
+        self.wiped = f(data);
+        Ok(())
+    }
+
+    /// memdb's own buffer holding the database: no copy.
+    fn memdb_buffer(&mut self) -> Option<&mut [u8]> {
         // SAFETY: NOCOPY returns memdb's own buffer of `sz` bytes, which stays
-        // valid until the connection closes; nothing else uses it meanwhile.
+        // valid until the connection closes or writes to the database; the
+        // `&mut self` borrow rules out both while the slice lives.
         unsafe {
             let mut sz: ffi::sqlite3_int64 = 0;
             let p = ffi::sqlite3_serialize(
@@ -92,9 +110,17 @@ impl Drop for Snapshot {
                 &raw mut sz,
                 ffi::SQLITE_SERIALIZE_NOCOPY,
             );
-            if !p.is_null() && sz > 0 {
-                std::ptr::write_bytes(p, 0, sz as usize);
-            }
+            (!p.is_null() && sz > 0).then(|| std::slice::from_raw_parts_mut(p, sz as usize))
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if !self.wiped
+            && let Some(data) = self.memdb_buffer()
+        {
+            data.zeroize();
         }
     }
 }
@@ -319,6 +345,7 @@ impl Snapshot {
             row_counts: Vec::new(),
             source_schema_sha256: String::new(),
             tenant: None,
+            wiped: false,
         };
         snap.conn
             .execute_batch(

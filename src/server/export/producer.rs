@@ -182,14 +182,20 @@ fn seal_and_stream(
         st.config.chunk_size,
         st.config.seal_workers(),
     );
-    let sealed = snapshot.with_bytes(|bytes| {
-        sealer.seal(bytes, |index, token| {
+    // Each part of the plaintext is wiped as soon as it is sealed.
+    let mut sealed = None;
+    let lent = snapshot.consume_bytes(|bytes| {
+        let r = sealer.seal_wiping(bytes, |index, token| {
             let n = token.len() as u64 + 1;
             out.send(msg(Msg::Chunk(EncryptedChunk { index, token })))?;
             st.metrics.bytes_streamed.inc_by(n);
             Ok(())
-        })
+        });
+        let all_wiped = r.is_ok();
+        sealed = Some(r);
+        all_wiped
     });
+    let sealed = lent.map(|()| sealed.unwrap_or(Err(SealError::Entropy)));
     match sealed {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(SealError::Emit(stop))) => Err(End::from_stop(stop, "mid-stream")),
