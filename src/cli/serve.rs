@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// Exports allowed at once.
     #[arg(long, env = "CASE_EXPORT_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Sealing threads per export (0: one per core, plus one).
+    /// Sealing threads per export (0: one per core).
     #[arg(long, env = "CASE_EXPORT_SEAL_WORKERS")]
     pub seal_workers: Option<usize>,
     /// Names this server in audit events (e.g. the pod name).

@@ -120,8 +120,9 @@ pub struct Config {
     pub memory_budget_bytes: u64,
     /// How long an export waits for room in the memory budget.
     pub budget_wait_ms: u64,
-    /// Sealing threads per export; 0 means one per core plus one (the
-    /// thread that orders and hashes the tokens needs a core's share too).
+    /// Sealing threads per export; 0 means one per core. Each seals 8
+    /// chunks at a time; the thread that orders and hashes the tokens, not
+    /// the sealing, bounds the rate (BENCHMARKS.md).
     pub seal_workers: usize,
     /// Sealed chunks buffered per export between sealer and network.
     pub channel_depth: usize,
@@ -910,9 +911,9 @@ impl Config {
         if self.seal_workers > 0 {
             self.seal_workers
         } else {
-            // The emitter hashes every token: with exactly one worker per
-            // core it leaves cores idle (BENCHMARKS.md, "Sealing threads").
-            std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
+            // More would only hold more sealed batches: the emitter's
+            // digest of every token sets the pace (BENCHMARKS.md).
+            std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     }
 
