@@ -3,7 +3,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
-use fernet::Fernet;
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -56,12 +55,6 @@ impl SecretKey {
     /// The raw key bytes, for the bench harness and tests of the format.
     pub fn expose_bytes(&self) -> &[u8; 32] {
         &self.bytes
-    }
-
-    pub(crate) fn fernet(&self) -> Fernet {
-        let text = self.expose_fernet_key();
-        // Cannot fail: the text is 32 bytes in the crate's own encoding.
-        Fernet::new(&text).unwrap_or_else(|| unreachable!("32-byte key encodes as a Fernet key"))
     }
 
     /// Constant-time comparison.

@@ -2,6 +2,7 @@
 //! chunk headers must form one complete, ordered export.
 
 use super::key::BadKey;
+use super::token::TokenOpener;
 use super::{CHUNK_HEADER_LEN, ChunkHeader, ExportId, MAX_CHUNK_SIZE, SecretKey, token_len};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, Read};
@@ -109,7 +110,8 @@ impl std::fmt::Debug for Opened {
 
 /// Incremental verifier: feed it tokens in file order, then `finish`.
 pub struct Opener {
-    fernet: fernet::Fernet,
+    opener: TokenOpener,
+    plain: Zeroizing<Vec<u8>>,
     limit: u64,
     next: u64,
     first: Option<(ExportId, u64)>,
@@ -123,7 +125,8 @@ impl Opener {
     /// `limit` caps the plaintext size this reader will accept.
     pub fn new(key: &SecretKey, limit: u64) -> Self {
         Self {
-            fernet: key.fernet(),
+            opener: TokenOpener::new(key),
+            plain: Zeroizing::new(Vec::new()),
             limit,
             next: 0,
             first: None,
@@ -145,12 +148,11 @@ impl Opener {
         self.hasher.update(b"\n");
         // Exports carry no expiry; a far-future "now" keeps a reader whose
         // clock lags the server's from refusing fresh tokens.
-        let plain = Zeroizing::new(
-            self.fernet
-                .decrypt_at_time(token, None, u64::MAX / 2)
-                .map_err(|_| OpenError::Auth { index })?,
-        );
-        // The fernet crate tolerates missing or extra '=' padding; only the
+        self.opener
+            .open(token, u64::MAX / 2, &mut self.plain)
+            .map_err(|()| OpenError::Auth { index })?;
+        let plain = &self.plain;
+        // Fernet readers tolerate missing or extra '=' padding; only the
         // canonical encoding is the sealed file.
         if token.len() != token_len(plain.len()) {
             return Err(OpenError::Auth { index });
