@@ -157,7 +157,7 @@ impl Opener {
         if token.len() != token_len(plain.len()) {
             return Err(OpenError::Auth { index });
         }
-        let h = ChunkHeader::decode(&plain).map_err(|what| OpenError::Malformed { index, what })?;
+        let h = ChunkHeader::decode(plain).map_err(|what| OpenError::Malformed { index, what })?;
         let data = &plain[CHUNK_HEADER_LEN..];
         match self.first {
             None => {
