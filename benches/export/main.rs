@@ -72,7 +72,7 @@ use seal::{cost_section, seal_section};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use targets::targets;
-use timing::QUIET_BUDGET_MS;
+use timing::{QUIET_BUDGET_INITIAL_MS, QUIET_BUDGET_MS};
 use vacuum::snapshot_section;
 use workers::workers_section;
 
@@ -96,6 +96,7 @@ fn main() {
     let started = Instant::now();
     if opts.quick {
         QUIET_BUDGET_MS.store(30_000, Ordering::Relaxed);
+        QUIET_BUDGET_INITIAL_MS.store(30_000, Ordering::Relaxed);
     }
     let machine = machine();
     let mut r = Report::default();
@@ -201,7 +202,7 @@ fn main() {
 
     let elapsed = started.elapsed().as_secs_f64();
     let tg = targets(&r, &opts);
-    let md = markdown(&r, &machine, &opts, elapsed, &tg);
+    let md = markdown(&r, &machine, elapsed, &tg);
     std::fs::write(out_dir.join("results.md"), &md).expect("write results.md");
     let json = serde_json::json!({
         "quick": opts.quick,
