@@ -131,6 +131,11 @@ fn main() {
         }
     }
     let by_size: Vec<(u64, &SnapData)> = snaps.iter().map(|(s, d)| (*s, d)).collect();
+    let list: Vec<(u64, &CaseDb, &SnapData)> = dbs
+        .iter()
+        .zip(&snaps)
+        .map(|((s, db), (_, d))| (*s, db, d))
+        .collect();
     let reps_of = |mib: u64| opts.reps(mib);
 
     if opts.wants("seal") {
@@ -148,16 +153,11 @@ fn main() {
             // The ratios need the fernet rate from this run.
             seal_section(&mut r, &by_size, &reps_of);
         }
-        let list: Vec<(u64, &CaseDb, &SnapData)> = dbs
-            .iter()
-            .zip(&snaps)
-            .map(|((s, db), (_, d))| (*s, db, d))
-            .collect();
         e2e_section(&mut r, &env, &list, &opts);
     }
     if opts.wants("external") {
         eprintln!("== original design and age");
-        external_section(&mut r, &env, &by_size, &opts);
+        external_section(&mut r, &env, &list, &opts);
     }
     if opts.wants("workers") {
         eprintln!("== sealing threads");
