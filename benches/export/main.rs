@@ -17,7 +17,8 @@
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
 //!                        (default: <target>/bench)
-//!   --e2e-sizes 64,512   snapshot sizes in MiB for seal, e2e and external
+//!   --e2e-sizes 64,512   snapshot sizes in MiB for seal, e2e, external and
+//!                        snapshot
 //!   --mem-sizes 64,256,512
 //!   --profile KIND:MIB[:N]  no benchmark: run KIND (e2e-dir, e2e-discard,
 //!                        seal, snapshot) N times on a MIB snapshot and exit,
@@ -174,10 +175,10 @@ fn main() {
     }
     if opts.wants("snapshot") {
         eprintln!("== snapshot build");
-        let size = if opts.quick { 16 } else { 64 };
-        let db = env.case_db_for(size);
-        snapshot_section(&mut r, &env, &db, &opts);
+        let list: Vec<(u64, &CaseDb)> = dbs.iter().map(|(s, db)| (*s, db)).collect();
+        snapshot_section(&mut r, &env, &list, &opts);
     }
+    drop(list);
     drop(snaps);
     if opts.wants("memory") {
         eprintln!("== memory");
