@@ -11,14 +11,14 @@
 //! Options (after `--`):
 //!   --quick              smaller sizes and fewer reps (about 2 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
-//!                        snapshot, memory, load, keys, pg, replicas
+//!                        snapshot, dbsize, memory, load, keys, pg, replicas
 //!                        (default: all; pg and replicas need the
 //!                        PostgreSQL of CASE_EXPORT_TEST_PG)
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
 //!                        (default: <target>/bench)
 //!   --e2e-sizes 64,512   snapshot sizes in MiB for seal, e2e, external and
-//!                        snapshot
+//!                        snapshot (dbsize uses the first)
 //!   --mem-sizes 64,256,512
 //!   --profile KIND:MIB[:N]  no benchmark: run KIND (e2e-dir, e2e-discard,
 //!                        seal, snapshot) N times on a MIB snapshot and exit,
@@ -41,6 +41,7 @@
 mod support;
 
 mod chunks;
+mod dbsize;
 mod e2e;
 mod env;
 mod external;
@@ -59,6 +60,7 @@ mod vacuum;
 mod workers;
 
 use chunks::chunk_section;
+use dbsize::dbsize_section;
 use e2e::e2e_section;
 use env::{CaseDb, Env, SnapData, snapshot_data};
 use external::external_section;
@@ -180,6 +182,10 @@ fn main() {
     }
     drop(list);
     drop(snaps);
+    if opts.wants("dbsize") {
+        eprintln!("== database size");
+        dbsize_section(&mut r, &mut env, &opts);
+    }
     if opts.wants("memory") {
         eprintln!("== memory");
         memory_section(&mut r, &mut env, &opts);
