@@ -85,9 +85,14 @@ impl Env {
 
     /// A database with one case whose snapshot is about `mib` MiB.
     pub fn case_db_for(&mut self, mib: u64) -> CaseDb {
-        let b = self.bytes_per_unit();
-        let m = ((mib * MIB) as f64 / b / 1000.0).round().max(1.0) as u32 * 1000;
+        let m = self.rows_per_case_for(mib);
         self.case_db(1, m)
+    }
+
+    /// The `rows_per_case` whose case snapshot is about `mib` MiB.
+    pub fn rows_per_case_for(&mut self, mib: u64) -> u32 {
+        let b = self.bytes_per_unit();
+        ((mib * MIB) as f64 / b / 1000.0).round().max(1.0) as u32 * 1000
     }
 
     /// A seeded database, cached under its parameters.

@@ -11,13 +11,14 @@
 //! Options (after `--`):
 //!   --quick              smaller sizes and fewer reps (about 2 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
-//!                        snapshot, memory, load, keys, pg, replicas
+//!                        snapshot, dbsize, memory, load, keys, pg, replicas
 //!                        (default: all; pg and replicas need the
 //!                        PostgreSQL of CASE_EXPORT_TEST_PG)
 //!   --reps N             reps for every timed comparison
 //!   --out DIR            where results.md and results.json go
 //!                        (default: <target>/bench)
-//!   --e2e-sizes 64,512   snapshot sizes in MiB for seal, e2e and external
+//!   --e2e-sizes 64,512   snapshot sizes in MiB for seal, e2e, external and
+//!                        snapshot (dbsize uses the first)
 //!   --mem-sizes 64,256,512
 //!   --profile KIND:MIB[:N]  no benchmark: run KIND (e2e-dir, e2e-discard,
 //!                        seal, snapshot) N times on a MIB snapshot and exit,
@@ -40,6 +41,7 @@
 mod support;
 
 mod chunks;
+mod dbsize;
 mod e2e;
 mod env;
 mod external;
@@ -58,6 +60,7 @@ mod vacuum;
 mod workers;
 
 use chunks::chunk_section;
+use dbsize::dbsize_section;
 use e2e::e2e_section;
 use env::{CaseDb, Env, SnapData, snapshot_data};
 use external::external_section;
@@ -72,7 +75,7 @@ use seal::{cost_section, seal_section};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use targets::targets;
-use timing::QUIET_BUDGET_MS;
+use timing::{QUIET_BUDGET_INITIAL_MS, QUIET_BUDGET_MS};
 use vacuum::snapshot_section;
 use workers::workers_section;
 
@@ -96,6 +99,7 @@ fn main() {
     let started = Instant::now();
     if opts.quick {
         QUIET_BUDGET_MS.store(30_000, Ordering::Relaxed);
+        QUIET_BUDGET_INITIAL_MS.store(30_000, Ordering::Relaxed);
     }
     let machine = machine();
     let mut r = Report::default();
@@ -130,6 +134,11 @@ fn main() {
         }
     }
     let by_size: Vec<(u64, &SnapData)> = snaps.iter().map(|(s, d)| (*s, d)).collect();
+    let list: Vec<(u64, &CaseDb, &SnapData)> = dbs
+        .iter()
+        .zip(&snaps)
+        .map(|((s, db), (_, d))| (*s, db, d))
+        .collect();
     let reps_of = |mib: u64| opts.reps(mib);
 
     if opts.wants("seal") {
@@ -147,16 +156,11 @@ fn main() {
             // The ratios need the fernet rate from this run.
             seal_section(&mut r, &by_size, &reps_of);
         }
-        let list: Vec<(u64, &CaseDb, &SnapData)> = dbs
-            .iter()
-            .zip(&snaps)
-            .map(|((s, db), (_, d))| (*s, db, d))
-            .collect();
         e2e_section(&mut r, &env, &list, &opts);
     }
     if opts.wants("external") {
         eprintln!("== original design and age");
-        external_section(&mut r, &env, &by_size, &opts);
+        external_section(&mut r, &env, &list, &opts);
     }
     if opts.wants("workers") {
         eprintln!("== sealing threads");
@@ -173,11 +177,15 @@ fn main() {
     }
     if opts.wants("snapshot") {
         eprintln!("== snapshot build");
-        let size = if opts.quick { 16 } else { 64 };
-        let db = env.case_db_for(size);
-        snapshot_section(&mut r, &env, &db, &opts);
+        let list: Vec<(u64, &CaseDb)> = dbs.iter().map(|(s, db)| (*s, db)).collect();
+        snapshot_section(&mut r, &env, &list, &opts);
     }
+    drop(list);
     drop(snaps);
+    if opts.wants("dbsize") {
+        eprintln!("== database size");
+        dbsize_section(&mut r, &mut env, &opts);
+    }
     if opts.wants("memory") {
         eprintln!("== memory");
         memory_section(&mut r, &mut env, &opts);
@@ -201,7 +209,7 @@ fn main() {
 
     let elapsed = started.elapsed().as_secs_f64();
     let tg = targets(&r, &opts);
-    let md = markdown(&r, &machine, &opts, elapsed, &tg);
+    let md = markdown(&r, &machine, elapsed, &tg);
     std::fs::write(out_dir.join("results.md"), &md).expect("write results.md");
     let json = serde_json::json!({
         "quick": opts.quick,

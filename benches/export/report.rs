@@ -2,8 +2,7 @@
 //! the machine it ran on.
 
 use crate::MIB;
-use crate::opts::Opts;
-use crate::timing::{QUIET_BUDGET_MS, take_contention};
+use crate::timing::{QUIET_BUDGET_INITIAL_MS, QUIET_BUDGET_MS, take_contention};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
@@ -95,8 +94,10 @@ impl Report {
         if med.is_nan() {
             return;
         }
+        // The budget is 30 s with --quick: say the one this run had.
         let note = format!(
-            " Other processes' CPU during these timed runs (a run above 20% is redone, twice at most, while the 180 s waiting budget lasts): median {:.0}%, max {:.0}% of the machine.",
+            " Other processes' CPU during these timed runs (a run above 20% is redone, twice at most, while the {:.0} s waiting budget lasts): median {:.0}%, max {:.0}% of the machine.",
+            QUIET_BUDGET_INITIAL_MS.load(Ordering::Relaxed) as f64 / 1000.0,
             med * 100.0,
             max * 100.0
         );
@@ -187,13 +188,19 @@ pub fn proc_meminfo(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-pub fn markdown(r: &Report, machine: &[String], opts: &Opts, elapsed: f64, tg: &Section) -> String {
+pub fn markdown(r: &Report, machine: &[String], elapsed: f64, tg: &Section) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# case-export benchmark results\n");
+    // Every option given, not only --quick: an --only run is not the full
+    // table.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let _ = writeln!(
         md,
         "Run: `cargo bench --bench export --{}` in {:.0} s.\n",
-        if opts.quick { " --quick" } else { "" },
+        args.iter().fold(String::new(), |acc, a| acc + " " + a),
         elapsed
     );
     for m in machine {
@@ -229,7 +236,7 @@ pub fn markdown(r: &Report, machine: &[String], opts: &Opts, elapsed: f64, tg: &
         }
         let _ = writeln!(md);
     }
-    let initial: u64 = if opts.quick { 30_000 } else { 180_000 };
+    let initial = QUIET_BUDGET_INITIAL_MS.load(Ordering::Relaxed);
     let waited = initial.saturating_sub(QUIET_BUDGET_MS.load(Ordering::Relaxed));
     let _ = writeln!(
         md,

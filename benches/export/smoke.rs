@@ -4,6 +4,7 @@
 //! the tests; it measures nothing and writes no report.
 
 use crate::PURPOSE;
+use crate::dbsize::{case_by_number, cut_case};
 use crate::e2e::{ClientKind, InProcServer, e2e_once};
 use crate::env::{CaseDb, Env, build, snapshot_data};
 use crate::memory::ChildServer;
@@ -40,6 +41,17 @@ pub fn run(env: &Env) {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(rows, snap.rows);
+
+    // Database size: a case cut out of the seeded database snapshots the
+    // same rows as from the whole database (cross-case links included).
+    let cut = env.tempdir();
+    let cut_db = cut.path().join("one.db");
+    let case = case_by_number(&db.path, 2);
+    cut_case(&db.path, &case, &cut_db);
+    assert_eq!(
+        build(&cut_db, &case).row_counts,
+        build(&db.path, &case).row_counts
+    );
 
     // End to end: every client against the in-process server.
     let srv = InProcServer::start(env, &db.path, |c| c.chunk_size = CHUNK);

@@ -63,6 +63,8 @@ pub fn others_share(a: CpuMark, b: CpuMark) -> f64 {
 
 /// Total time the harness may spend waiting for a quiet machine.
 pub static QUIET_BUDGET_MS: AtomicU64 = AtomicU64::new(180_000);
+/// What that budget was at the start, for the report.
+pub static QUIET_BUDGET_INITIAL_MS: AtomicU64 = AtomicU64::new(180_000);
 /// Contention seen during timed runs, for the report.
 pub static CONTENTION: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
 
