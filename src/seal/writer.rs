@@ -62,7 +62,7 @@ impl<'k> Sealer<'k> {
     }
 
     /// Seals `data`, handing each token to `emit` in index order. An error
-    /// from `emit` stops every worker and is returned as is.
+    /// from `emit` stops every worker and is returned in `SealError::Emit`.
     pub fn seal<E>(
         &self,
         data: &[u8],
