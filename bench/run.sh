@@ -35,7 +35,13 @@ fi
 cargo bench --bench export --no-run
 cargo bench --bench export -- "$@" >/dev/null
 
+# The harness's --out moves the results.
 results="${CARGO_TARGET_DIR:-target}/bench/results.md"
+prev=""
+for a in "$@"; do
+    [ "$prev" = "--out" ] && results="$a/results.md"
+    prev="$a"
+done
 cat "$results"
 echo >&2
 echo "results: $results" >&2
