@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every benchmark of BENCHMARKS.md with one command:
 #
-#   bench/run.sh            full run, about 15 minutes on 2 cores
+#   bench/run.sh            full run, about 11 minutes on 2 cores (a minute
+#                           more the first time, seeding the databases)
 #   bench/run.sh --quick    smaller sizes and fewer reps, about 2-3 minutes
+#                           (the databases of both are cached in
+#                           target/bench-data)
 #
 # Installs what is missing (Debian: age, sqlite3; pip: cryptography), builds
 # the release binary and the bench harness, runs benches/export/, and
@@ -32,7 +35,13 @@ fi
 cargo bench --bench export --no-run
 cargo bench --bench export -- "$@" >/dev/null
 
+# The harness's --out moves the results.
 results="${CARGO_TARGET_DIR:-target}/bench/results.md"
+prev=""
+for a in "$@"; do
+    [ "$prev" = "--out" ] && results="$a/results.md"
+    prev="$a"
+done
 cat "$results"
 echo >&2
 echo "results: $results" >&2

@@ -9,7 +9,7 @@
 //! only ratios from the same run mean anything.
 //!
 //! Options (after `--`):
-//!   --quick              smaller sizes and fewer reps (about 2 minutes)
+//!   --quick              smaller sizes and fewer reps (2 to 3 minutes)
 //!   --only a,b,...       sections: seal, e2e, external, workers, chunks,
 //!                        snapshot, dbsize, memory, load, keys, pg, replicas
 //!                        (default: all; pg and replicas need the

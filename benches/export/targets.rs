@@ -94,7 +94,8 @@ pub fn targets(r: &Report, opts: &Opts) -> Section {
             ]);
         }
     }
-    // 5. Server memory.
+    // 5. Server memory (one decimal: the 256 MiB case has had under 1 MiB
+    // to spare).
     for &size in &opts.mem_sizes {
         let hwm = m("mem_hwm", size);
         let target = m("mem_target", size);
@@ -108,7 +109,7 @@ pub fn targets(r: &Report, opts: &Opts) -> Section {
                 ),
                 verdict(
                     hwm <= target,
-                    format!("{:+.0} MiB", (hwm - target) / MIB as f64),
+                    format!("{:+.1} MiB", (hwm - target) / MIB as f64),
                 ),
             ]);
             let anon = m("mem_peak_anon", size);
@@ -122,7 +123,7 @@ pub fn targets(r: &Report, opts: &Opts) -> Section {
                 ),
                 verdict(
                     anon <= target,
-                    format!("{:+.0} MiB", (anon - target) / MIB as f64),
+                    format!("{:+.1} MiB", (anon - target) / MIB as f64),
                 ),
             ]);
         }
