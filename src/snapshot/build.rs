@@ -125,6 +125,38 @@ impl Drop for Snapshot {
     }
 }
 
+/// Gives the in-memory database its whole buffer, up to the snapshot's
+/// ceiling, before anything is written. memdb otherwise grows by
+/// reallocation, and every move leaves a copy of the pages written so far
+/// in freed heap memory, where nothing wipes it. The buffer is virtual
+/// memory: pages become resident only as the database fills them, and a
+/// buffer this large is mapped by the allocator on its own, so it goes back
+/// to the system (not to the heap) when the connection closes. Without it
+/// (the allocation refused), memdb grows as before.
+fn reserve_whole_buffer(conn: &Connection, max_bytes: u64) {
+    let Ok(cap) = i64::try_from(max_bytes) else {
+        return;
+    };
+    // SAFETY: the buffer comes from sqlite3_malloc64 as FREEONCLOSE
+    // requires, and its ownership passes to SQLite, which frees it when the
+    // connection closes or, should deserializing fail, at once. An empty
+    // database (size 0) needs no content in it.
+    unsafe {
+        let buf = ffi::sqlite3_malloc64(max_bytes).cast::<u8>();
+        if buf.is_null() {
+            return;
+        }
+        let _ = ffi::sqlite3_deserialize(
+            conn.handle(),
+            c"main".as_ptr(),
+            buf,
+            0,
+            cap,
+            ffi::SQLITE_DESERIALIZE_RESIZEABLE | ffi::SQLITE_DESERIALIZE_FREEONCLOSE,
+        );
+    }
+}
+
 /// `file:` URI opening `path` read-only; bytes outside the unreserved set are
 /// percent-encoded so no path can smuggle in URI parameters.
 fn read_only_uri(path: &Path) -> String {
@@ -337,6 +369,7 @@ impl Snapshot {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(internal)?;
+        reserve_whole_buffer(&conn, max_bytes);
         // From here on, any early return drops the snapshot, which zeroes
         // whatever part of the case was already copied.
         let snap = Snapshot {
@@ -359,6 +392,12 @@ impl Snapshot {
             .map_err(internal)?;
         snap.conn.busy_timeout(busy).map_err(internal)?;
         Ok(snap)
+    }
+
+    /// Address of the in-memory database's buffer (tests: it never moves).
+    #[cfg(test)]
+    fn buffer_address(&mut self) -> Option<usize> {
+        self.memdb_buffer().map(|b| b.as_ptr() as usize)
     }
 
     /// After the copy: indexes (built once, on the copied rows), row
@@ -485,4 +524,38 @@ fn write_manifest(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_never_moves_while_it_grows() {
+        let mut snap = Snapshot::in_memory(256 << 20, Duration::from_secs(1)).unwrap();
+        snap.conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let first = snap.buffer_address().expect("a buffer");
+        for _ in 0..200 {
+            snap.conn
+                .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+                .unwrap();
+        }
+        let size = snap.memdb_buffer().map_or(0, |b| b.len());
+        assert!(size > 16 << 20, "grew to {size} bytes");
+        assert_eq!(snap.buffer_address(), Some(first));
+    }
+
+    #[test]
+    fn the_ceiling_still_holds_with_the_whole_buffer_reserved() {
+        let snap = Snapshot::in_memory(1 << 20, Duration::from_secs(1)).unwrap();
+        snap.conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let e = (0..20)
+            .find_map(|_| {
+                snap.conn
+                    .execute("INSERT INTO t VALUES (zeroblob(100000))", [])
+                    .err()
+            })
+            .expect("the 1 MiB ceiling is hit");
+        assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
+    }
 }
