@@ -97,19 +97,14 @@ impl Lane {
 /// Seals plaintexts into Fernet tokens under one key. Its working buffers
 /// (one segment per lane) are reused from call to call and wiped on drop.
 pub(crate) struct TokenWriter {
-    aes: Aes128,
-    signing_key: Zeroizing<[u8; 16]>,
+    keys: Keys,
     segments: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl TokenWriter {
     pub(crate) fn new(key: &SecretKey) -> Self {
-        let k = key.expose_bytes();
-        let mut signing_key = Zeroizing::new([0u8; 16]);
-        signing_key.copy_from_slice(&k[..16]);
         Self {
-            aes: Aes128::new(GenericArray::from_slice(&k[16..])),
-            signing_key,
+            keys: Keys::new(key),
             segments: (0..LANES)
                 .map(|_| Zeroizing::new(vec![0u8; SEGMENT]))
                 .collect(),
@@ -128,7 +123,6 @@ impl TokenWriter {
         assert!(plains.len() <= LANES, "at most {LANES} tokens at a time");
         let mut ivs = [[0u8; 16]; LANES];
         getrandom::getrandom(ivs.as_flattened_mut())?;
-        let pads = Pads::new(&self.signing_key);
         let mut lanes: Vec<Lane> = plains
             .iter()
             .zip(&ivs)
@@ -137,8 +131,7 @@ impl TokenWriter {
                 prefix[0] = VERSION;
                 prefix[1..9].copy_from_slice(&now.to_be_bytes());
                 prefix[9..].copy_from_slice(iv);
-                let mut mac = Sha256::new();
-                mac.update(&pads.inner[..]);
+                let mut mac = self.keys.pads.start();
                 mac.update(prefix);
                 let mut lane = Lane {
                     prev: *Block::from_slice(iv),
@@ -162,7 +155,9 @@ impl TokenWriter {
                     bufs.push((lane, &mut seg[..n]));
                 }
             }
-            self.aes.encrypt_with_backend(CbcLanes { lanes: &mut bufs });
+            self.keys
+                .aes
+                .encrypt_with_backend(CbcLanes { lanes: &mut bufs });
             for (lane, ct) in bufs {
                 lane.mac.update(&*ct);
                 lane.encode(ct);
@@ -170,13 +165,7 @@ impl TokenWriter {
             at += SEGMENT;
         }
         for mut lane in lanes {
-            let inner = lane.mac.finalize_reset();
-            lane.mac.update(&pads.outer[..]);
-            lane.mac.update(inner);
-            let tag = lane.mac.finalize_reset();
-            // The reset overwrote the keyed state; keep that store from
-            // being optimised away as dead.
-            std::hint::black_box(&lane.mac);
+            let tag = self.keys.pads.finish(&mut lane.mac);
             lane.carry.extend_from_slice(&tag);
             base64_simd::URL_SAFE.encode_append(&lane.carry, &mut lane.text);
             out.push(lane.text);
@@ -191,8 +180,7 @@ impl TokenWriter {
 /// HMAC compared in constant time before anything is decrypted, then
 /// AES-128-CBC and PKCS#7.
 pub(crate) struct TokenOpener {
-    aes: Aes128,
-    pads: Pads,
+    keys: Keys,
     raw: Vec<u8>,
 }
 
@@ -201,12 +189,8 @@ const MAX_CLOCK_SKEW: u64 = 60;
 
 impl TokenOpener {
     pub(crate) fn new(key: &SecretKey) -> Self {
-        let k = key.expose_bytes();
-        let mut signing_key = Zeroizing::new([0u8; 16]);
-        signing_key.copy_from_slice(&k[..16]);
         Self {
-            aes: Aes128::new(GenericArray::from_slice(&k[16..])),
-            pads: Pads::new(&signing_key),
+            keys: Keys::new(key),
             raw: Vec::new(),
         }
     }
@@ -239,14 +223,9 @@ impl TokenOpener {
         if ct.is_empty() || ct.len() % 16 != 0 {
             return Err(());
         }
-        let mut mac = Sha256::new();
-        mac.update(&self.pads.inner[..]);
+        let mut mac = self.keys.pads.start();
         mac.update(signed);
-        let inner = mac.finalize_reset();
-        mac.update(&self.pads.outer[..]);
-        mac.update(inner);
-        let expected = mac.finalize_reset();
-        std::hint::black_box(&mac);
+        let expected = self.keys.pads.finish(&mut mac);
         if !bool::from(expected.ct_eq(tag)) {
             return Err(());
         }
@@ -266,7 +245,7 @@ impl TokenOpener {
             for (b, g) in part.chunks(16).zip(group.iter_mut()) {
                 g.copy_from_slice(b);
             }
-            self.aes.decrypt_blocks(&mut group[..blocks]);
+            self.keys.aes.decrypt_blocks(&mut group[..blocks]);
             for (i, (b, g)) in part.chunks_mut(16).zip(&group).enumerate() {
                 let at = (n * LANES + i) * 16;
                 let prev = if at == 0 { iv } else { &ct[at - 16..at] };
@@ -294,15 +273,34 @@ impl TokenOpener {
     }
 }
 
+/// A Fernet key split for use: the AES key schedule from its second half
+/// (wiped on drop by the `aes` crate's `zeroize` feature), the HMAC pads
+/// from its first.
+struct Keys {
+    aes: Aes128,
+    pads: Pads,
+}
+
+impl Keys {
+    fn new(key: &SecretKey) -> Self {
+        let (signing, encryption) = key.expose_bytes().split_at(16);
+        Self {
+            aes: Aes128::new(GenericArray::from_slice(encryption)),
+            pads: Pads::new(signing),
+        }
+    }
+}
+
 /// HMAC-SHA256's inner and outer pads for a 16-byte key (RFC 2104), in
-/// zeroizing memory.
+/// zeroizing memory. Written out, rather than the `hmac` crate, so that
+/// nothing derived from the key outlives its use.
 struct Pads {
     inner: Zeroizing<[u8; 64]>,
     outer: Zeroizing<[u8; 64]>,
 }
 
 impl Pads {
-    fn new(key: &[u8; 16]) -> Self {
+    fn new(key: &[u8]) -> Self {
         let mut inner = Zeroizing::new([0x36u8; 64]);
         let mut outer = Zeroizing::new([0x5cu8; 64]);
         for (i, k) in key.iter().enumerate() {
@@ -310,6 +308,26 @@ impl Pads {
             outer[i] ^= k;
         }
         Self { inner, outer }
+    }
+
+    /// A MAC ready for the message.
+    fn start(&self) -> Sha256 {
+        let mut mac = Sha256::new();
+        mac.update(&self.inner[..]);
+        mac
+    }
+
+    /// The tag of the message `mac` took in; `mac` is left reset, holding
+    /// nothing derived from the key.
+    fn finish(&self, mac: &mut Sha256) -> [u8; MAC_LEN] {
+        let inner = mac.finalize_reset();
+        mac.update(&self.outer[..]);
+        mac.update(inner);
+        let tag = mac.finalize_reset();
+        // The reset overwrote the keyed state; keep that store from being
+        // optimised away as dead.
+        std::hint::black_box(&*mac);
+        tag.into()
     }
 }
 

@@ -272,7 +272,6 @@ struct BatchWorker<'a, 'd> {
     chunk_size: usize,
     data: &'a Input<'d>,
     total: usize,
-    chunks: u64,
 }
 
 impl<'a, 'd> BatchWorker<'a, 'd> {
@@ -283,7 +282,6 @@ impl<'a, 'd> BatchWorker<'a, 'd> {
             chunk_size: s.chunk_size,
             data,
             total,
-            chunks: chunk_count(total as u64, s.chunk_size),
         }
     }
 
@@ -294,35 +292,33 @@ impl<'a, 'd> BatchWorker<'a, 'd> {
         data.with_batch(b, batch_len, |region| self.seal_region(b, region))
     }
 
-    /// Seals batch `b`, whose bytes are `region`.
+    /// Seals batch `b`, whose bytes are `region`: its chunks in order.
     fn seal_region(&mut self, b: u64, region: &[u8]) -> Option<Vec<String>> {
-        let total = self.total;
-        let base = (b as usize).saturating_mul(self.chunk_size.saturating_mul(LANES));
         let first = b * LANES as u64;
-        let last = (first + LANES as u64).min(self.chunks);
-        let headers: Vec<[u8; CHUNK_HEADER_LEN]> = (first..last)
-            .map(|i| {
-                let start = (i as usize).saturating_mul(self.chunk_size).min(total);
-                let end = start.saturating_add(self.chunk_size).min(total);
+        let start = (first as usize).saturating_mul(self.chunk_size);
+        // An empty snapshot is one empty (final) chunk.
+        let bodies: Vec<&[u8]> = match region {
+            [] => vec![region],
+            _ => region.chunks(self.chunk_size).collect(),
+        };
+        let mut end = start;
+        let headers: Vec<[u8; CHUNK_HEADER_LEN]> = (first..)
+            .zip(&bodies)
+            .map(|(index, body)| {
+                end += body.len();
                 ChunkHeader {
-                    is_final: end == total,
+                    is_final: end == self.total,
                     export_id: self.export_id,
-                    index: i,
-                    total_len: total as u64,
+                    index,
+                    total_len: self.total as u64,
                 }
                 .encode()
             })
             .collect();
-        let plains: Vec<Plain<'_>> = (first..last)
-            .zip(&headers)
-            .map(|(i, h)| {
-                let start = (i as usize).saturating_mul(self.chunk_size).min(total);
-                let end = start.saturating_add(self.chunk_size).min(total);
-                Plain {
-                    head: h,
-                    body: &region[start - base..end - base],
-                }
-            })
+        let plains: Vec<Plain<'_>> = headers
+            .iter()
+            .zip(bodies)
+            .map(|(head, body)| Plain { head, body })
             .collect();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

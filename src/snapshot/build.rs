@@ -83,18 +83,20 @@ impl Snapshot {
     }
 
     /// Lends the serialized database for its last use, which may overwrite
-    /// it (the sealer wipes what it has sealed). When `f` returns `true`
-    /// it has zeroed every byte, and dropping the snapshot skips doing it
-    /// again; the snapshot is no use for anything but dropping afterwards.
-    pub fn consume_bytes(
+    /// it (the sealer wipes what it has sealed), and returns what `f`
+    /// returned. An `Ok` from `f` says it zeroed every byte, so dropping
+    /// the snapshot skips doing it again; the snapshot is no use for
+    /// anything but dropping afterwards.
+    pub fn consume_bytes<T, E>(
         &mut self,
-        f: impl FnOnce(&mut [u8]) -> bool,
-    ) -> Result<(), SnapshotError> {
+        f: impl FnOnce(&mut [u8]) -> Result<T, E>,
+    ) -> Result<Result<T, E>, SnapshotError> {
         let Some(data) = self.memdb_buffer() else {
             return Err(SnapshotError::Unavailable("the snapshot is not in memory"));
         };
-        self.wiped = f(data);
-        Ok(())
+        let r = f(data);
+        self.wiped = r.is_ok();
+        Ok(r)
     }
 
     /// memdb's own buffer holding the database: no copy.

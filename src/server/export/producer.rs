@@ -183,19 +183,14 @@ fn seal_and_stream(
         st.config.seal_workers(),
     );
     // Each part of the plaintext is wiped as soon as it is sealed.
-    let mut sealed = None;
-    let lent = snapshot.consume_bytes(|bytes| {
-        let r = sealer.seal_wiping(bytes, |index, token| {
+    let sealed = snapshot.consume_bytes(|bytes| {
+        sealer.seal_wiping(bytes, |index, token| {
             let n = token.len() as u64 + 1;
             out.send(msg(Msg::Chunk(EncryptedChunk { index, token })))?;
             st.metrics.bytes_streamed.inc_by(n);
             Ok(())
-        });
-        let all_wiped = r.is_ok();
-        sealed = Some(r);
-        all_wiped
+        })
     });
-    let sealed = lent.map(|()| sealed.unwrap_or(Err(SealError::Entropy)));
     match sealed {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(SealError::Emit(stop))) => Err(End::from_stop(stop, "mid-stream")),
@@ -204,7 +199,7 @@ fn seal_and_stream(
             Err(End::Fail(ExportError::Internal(call.eid.clone())))
         }
         Err(e) => {
-            tracing::error!(error = %e, "serializing the snapshot failed");
+            tracing::error!(error = %e, "the snapshot's bytes were not available");
             Err(End::Fail(ExportError::Internal(call.eid.clone())))
         }
     }
